@@ -1,0 +1,30 @@
+"""Durable MongoDB session storage for Strands Agents.
+
+One MongoDB document per session, agents embedded, each agent's messages an ordered array; a
+process-wide connection pool; and a session manager that adds metrics, metadata and feedback.
+"""
+
+from ._version import __version__
+from .errors import (
+    MongoDBSessionError,
+    SessionConflictError,
+    SessionNotFoundError,
+    SessionStorageError,
+    SessionTooLargeError,
+    SessionValidationError,
+)
+from .mongodb_connection_pool import DEFAULT_CLIENT_OPTIONS, MongoDBConnectionPool
+from .mongodb_session_repository import MongoDBSessionRepository
+
+__all__ = [
+    "DEFAULT_CLIENT_OPTIONS",
+    "MongoDBConnectionPool",
+    "MongoDBSessionError",
+    "MongoDBSessionRepository",
+    "SessionConflictError",
+    "SessionNotFoundError",
+    "SessionStorageError",
+    "SessionTooLargeError",
+    "SessionValidationError",
+    "__version__",
+]
