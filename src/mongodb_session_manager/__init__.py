@@ -14,12 +14,21 @@ from .errors import (
     SessionValidationError,
 )
 from .mongodb_connection_pool import DEFAULT_CLIENT_OPTIONS, MongoDBConnectionPool
+from .mongodb_session_factory import (
+    MongoDBSessionManagerFactory,
+    close_global_factory,
+    get_global_factory,
+    initialize_global_factory,
+)
+from .mongodb_session_manager import MongoDBSessionManager, create_mongodb_session_manager
 from .mongodb_session_repository import MongoDBSessionRepository
 
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
     "MongoDBConnectionPool",
     "MongoDBSessionError",
+    "MongoDBSessionManager",
+    "MongoDBSessionManagerFactory",
     "MongoDBSessionRepository",
     "SessionConflictError",
     "SessionNotFoundError",
@@ -27,4 +36,8 @@ __all__ = [
     "SessionTooLargeError",
     "SessionValidationError",
     "__version__",
+    "close_global_factory",
+    "create_mongodb_session_manager",
+    "get_global_factory",
+    "initialize_global_factory",
 ]

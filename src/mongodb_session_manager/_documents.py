@@ -41,6 +41,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import bson
+from bson.errors import InvalidDocument, InvalidStringData
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
 
 from .errors import SessionStorageError, SessionValidationError
@@ -199,3 +201,92 @@ def entry_to_message(entry: Any, session_id: str, agent_id: str, expected_id: in
             f"found {entry['message_id']!r}; the stored history is not contiguous"
         )
     return SessionMessage(**{name: entry[name] for name in MESSAGE_FIELDS if name in entry})
+
+
+#: Longest metadata key, in characters.
+MAX_METADATA_KEY_LENGTH = 256
+#: Longest feedback comment, in characters.
+MAX_FEEDBACK_COMMENT_LENGTH = 20_000
+FEEDBACK_RATINGS: tuple[str | None, ...] = ("up", "down", None)
+_FEEDBACK_KEYS = frozenset({"rating", "comment"})
+
+
+def validate_metadata_key(key: Any) -> str:
+    """Check one metadata key: a non-empty string that cannot become a path or an operator.
+
+    Raises:
+        SessionValidationError: The key is refused (non-string, empty, starts with ``$``, contains
+            ``.`` or NUL, or is too long).
+    """
+    if not isinstance(key, str):
+        raise SessionValidationError("metadata key", f"must be a string, got {type(key).__name__}", repr(key))
+    if not key:
+        raise SessionValidationError("metadata key", "must not be empty")
+    if key.startswith("$"):
+        raise SessionValidationError("metadata key", "must not start with '$'", key)
+    if "." in key:
+        raise SessionValidationError("metadata key", "must not contain '.'", key)
+    if "\x00" in key:
+        raise SessionValidationError("metadata key", "must not contain NUL characters", key.replace("\x00", "\\x00"))
+    if len(key) > MAX_METADATA_KEY_LENGTH:
+        raise SessionValidationError("metadata key", f"must be at most {MAX_METADATA_KEY_LENGTH} characters", key)
+    return key
+
+
+def validate_metadata(metadata: Any) -> dict[str, Any]:
+    """Check a metadata update: a dict with valid keys and BSON-encodable values.
+
+    Returns:
+        The same dict.
+
+    Raises:
+        SessionValidationError: Naming the offending key.
+    """
+    if not isinstance(metadata, dict):
+        raise SessionValidationError("metadata", f"must be a dict, got {type(metadata).__name__}")
+    for key, value in metadata.items():
+        validate_metadata_key(key)
+        ensure_encodable(value, f"metadata[{key!r}]")
+    return metadata
+
+
+def validate_metadata_keys(keys: Any) -> list[str]:
+    """Check the key list of a metadata deletion."""
+    if isinstance(keys, str) or not isinstance(keys, list | tuple | set | frozenset):
+        raise SessionValidationError("keys", f"must be a list of metadata keys, got {type(keys).__name__}")
+    return [validate_metadata_key(key) for key in keys]
+
+
+def ensure_encodable(value: Any, field: str) -> None:
+    """Raise a clear error if ``value`` cannot be stored as BSON."""
+    try:
+        bson.encode({"v": value})
+    except (InvalidDocument, InvalidStringData, OverflowError, TypeError) as e:
+        raise SessionValidationError(field, f"cannot be stored in MongoDB: {e}") from e
+
+
+def validate_feedback(feedback: Any) -> dict[str, Any]:
+    """Check a feedback entry and return the normalised ``{"rating", "comment"}`` dict.
+
+    ``rating`` is ``"up"``, ``"down"`` or ``None``; ``comment`` a string (default ``""``).
+
+    Raises:
+        SessionValidationError: Unknown keys, an invalid rating or a comment that is not a string
+            or is too long.
+    """
+    if not isinstance(feedback, dict):
+        raise SessionValidationError("feedback", f"must be a dict, got {type(feedback).__name__}")
+    unknown = sorted(str(key) for key in feedback if key not in _FEEDBACK_KEYS)
+    if unknown:
+        raise SessionValidationError("feedback", f"unknown keys {unknown}; allowed: 'rating', 'comment'")
+    rating = feedback.get("rating")
+    if rating not in FEEDBACK_RATINGS or isinstance(rating, bool):
+        raise SessionValidationError("feedback.rating", "must be 'up', 'down' or None", repr(rating))
+    comment = feedback.get("comment", "")
+    if not isinstance(comment, str):
+        raise SessionValidationError("feedback.comment", f"must be a string, got {type(comment).__name__}")
+    if len(comment) > MAX_FEEDBACK_COMMENT_LENGTH:
+        raise SessionValidationError(
+            "feedback.comment", f"must be at most {MAX_FEEDBACK_COMMENT_LENGTH} characters, got {len(comment)}"
+        )
+    return {"rating": rating, "comment": comment}

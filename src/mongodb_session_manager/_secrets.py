@@ -10,9 +10,26 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
-_USERINFO = re.compile(r"^(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^@/?#]*)@")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 # Options whose values are secrets; matched case-insensitively as in pymongo.
 _SECRET_OPTIONS = ("password", "authmechanismproperties", "tlscertificatekeyfilepassword", "sslpemkeypassword")
+
+
+def _split_userinfo(uri: str) -> tuple[str, str | None, str]:
+    """Split ``uri`` into (scheme, userinfo or None, rest) the way pymongo reads it.
+
+    The host part ends at the first ``/``; within it, userinfo runs to the *last* ``@`` (so a
+    password may contain ``#``, ``?`` or ``@`` as pymongo accepts).
+    """
+    match = _SCHEME.match(uri)
+    if not match:
+        return "", None, uri
+    scheme, rest = match.group(), uri[match.end() :]
+    host_part = rest.split("/", 1)[0]
+    if "@" not in host_part:
+        return scheme, None, rest
+    userinfo, _, _hosts = host_part.rpartition("@")
+    return scheme, userinfo, rest[len(userinfo) + 1 :]
 
 
 def redact_uri(uri: str) -> str:
@@ -25,11 +42,12 @@ def redact_uri(uri: str) -> str:
         The same connection string, safe to print.
     """
 
-    def _userinfo(match: re.Match[str]) -> str:
-        user, _, _password = match.group("userinfo").partition(":")
-        return f"{match.group('scheme')}{user}:***@" if _ else f"{match.group('scheme')}{user}@"
-
-    redacted = _USERINFO.sub(_userinfo, uri, count=1)
+    scheme, userinfo, rest = _split_userinfo(uri)
+    if userinfo is None:
+        redacted = uri
+    else:
+        user, has_password, _password = userinfo.partition(":")
+        redacted = f"{scheme}{user}:***@{rest}" if has_password else f"{scheme}{user}@{rest}"
     base, sep, query = redacted.partition("?")
     if not sep:
         return redacted
@@ -50,12 +68,12 @@ def uri_secrets(uri: str) -> list[str]:
         Non-empty secret strings, longest first, so that scrubbing replaces whole secrets.
     """
     found: set[str] = set()
-    match = _USERINFO.match(uri)
-    if match:
-        _user, sep, password = match.group("userinfo").partition(":")
+    _scheme, userinfo, rest = _split_userinfo(uri)
+    if userinfo is not None:
+        _user, sep, password = userinfo.partition(":")
         if sep and password:
             found.update({password, unquote(password)})
-    _base, sep, query = uri.partition("?")
+    _base, sep, query = (rest if userinfo is not None else uri).partition("?")
     if sep:
         for part in re.split(r"[&;]", query):
             key, eq, value = part.partition("=")

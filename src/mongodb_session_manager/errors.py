@@ -79,13 +79,14 @@ class SessionTooLargeError(SessionValidationError):
         self.session_id = session_id
         self.size = size
         self.limit = limit
+        self.field = "session"
         size_text = f"{size} bytes" if size is not None else "an unknown number of bytes"
         suffix = f" ({detail})" if detail else ""
-        super().__init__(
-            "session",
-            f"session_id=<{session_id}> | writing {size_text} would exceed MongoDB's document size "
-            f"limit of {limit} bytes{suffix}; nothing was written",
+        self.reason = (
+            f"writing {size_text} would exceed MongoDB's document size limit of {limit} bytes{suffix}; "
+            "nothing was written"
         )
+        MongoDBSessionError.__init__(self, f"session_id=<{session_id}> | {self.reason}")
 
 
 class SessionNotFoundError(MongoDBSessionError, LookupError):

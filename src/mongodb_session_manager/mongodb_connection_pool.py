@@ -26,7 +26,7 @@ from urllib.parse import unquote
 
 from pymongo import MongoClient
 from pymongo.driver_info import DriverInfo
-from pymongo.errors import ConfigurationError, PyMongoError
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -212,19 +212,22 @@ class _ManagedClient:
         kwargs = {key: value for key, value in self.options.items() if key != "event_listeners"}
         kwargs.setdefault("driver", DRIVER_INFO)
         monitor = _PoolMonitor()
+        failure: tuple[type[Exception], str] | None = None
         try:
             client: MongoClient[dict[str, Any]] = MongoClient(
                 self._connection_string, event_listeners=[monitor, *user_listeners], **kwargs
             )
         except (PyMongoError, TypeError, ValueError) as e:
-            message = scrub(f"{type(e).__name__}: {e}", self._secrets)
-            error = SessionStorageError(f"uri=<{self.redacted_uri}> | could not create MongoDB client: {message}")
-            if message != f"{type(e).__name__}: {e}":
-                # The driver's message contained a secret: do not chain it.
-                raise error from None
-            if isinstance(e, ConfigurationError | TypeError | ValueError):
-                raise SessionValidationError("client_kwargs", message) from e
-            raise error from e
+            # Decide the error outside this block: the driver's exception may quote the password,
+            # and raising inside it would keep that exception reachable as __context__.
+            failure = (type(e), scrub(f"{type(e).__name__}: {e}", self._secrets))
+        if failure is not None:
+            kind, message = failure
+            if issubclass(kind, InvalidURI):
+                raise SessionValidationError("connection_string", message)
+            if issubclass(kind, ConfigurationError | TypeError | ValueError):
+                raise SessionValidationError("client_kwargs", message)
+            raise SessionStorageError(f"uri=<{self.redacted_uri}> | could not create MongoDB client: {message}")
         self._client, self._pid, self.monitor = client, os.getpid(), monitor
         logger.debug("uri=<%s>, pid=<%s> | mongodb client created", self.redacted_uri, self._pid)
         return client
@@ -254,8 +257,14 @@ class _ManagedClient:
 
     def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = self.monitor.snapshot()
-        stats["max_pool_size"] = _option(self.options, "maxPoolSize")
-        stats["min_pool_size"] = _option(self.options, "minPoolSize")
+        client = self._client
+        if client is not None:
+            pool_options = client.options.pool_options
+            stats["max_pool_size"] = pool_options.max_pool_size
+            stats["min_pool_size"] = pool_options.min_pool_size
+        else:
+            stats["max_pool_size"] = _option(self.options, "maxPoolSize")
+            stats["min_pool_size"] = _option(self.options, "minPoolSize")
         stats["uri"] = self.redacted_uri
         stats["pid"] = self._pid
         return stats
@@ -280,108 +289,6 @@ def _option(options: Mapping[str, Any], name: str) -> Any:
     return None
 
 
-class MongoDBConnectionPool:
-    """Process-wide singleton holding one shared, thread-safe ``MongoClient``.
-
-    All methods are class methods; ``MongoDBConnectionPool()`` returns the one instance for code
-    that prefers an object.
-
-    Example:
-        ```python
-        client = MongoDBConnectionPool.initialize("mongodb://localhost:27017", maxPoolSize=50)
-        same_client = MongoDBConnectionPool.get_client()
-        print(MongoDBConnectionPool.get_pool_stats()["connections_open"])
-        MongoDBConnectionPool.close()
-        ```
-    """
-
-    _instance: MongoDBConnectionPool | None = None
-    _lock = threading.RLock()
-    _managed: _ManagedClient | None = None
-
-    def __new__(cls) -> MongoDBConnectionPool:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = super().__new__(cls)
-            return cls._instance
-
-    @classmethod
-    def initialize(cls, connection_string: str, **client_kwargs: Any) -> MongoClient[dict[str, Any]]:
-        """Create the shared client, or return it if it already exists with the same settings.
-
-        Calling again with a different connection string or different options replaces the client:
-        the new one is built first, then the old one is closed.
-
-        Args:
-            connection_string: MongoDB connection string (may carry credentials; never logged).
-            **client_kwargs: ``MongoClient`` options with pymongo's names (``maxPoolSize``,
-                ``serverSelectionTimeoutMS``, ...), overriding :data:`DEFAULT_CLIENT_OPTIONS`.
-
-        Returns:
-            The shared ``MongoClient``.
-
-        Raises:
-            SessionValidationError: The connection string or an option is invalid.
-            SessionStorageError: The client could not be created.
-        """
-        with cls._lock:
-            current = cls._managed
-            if current is not None and not current.closed and current.same_config(connection_string, client_kwargs):
-                return current.client
-            replacement = _ManagedClient(connection_string, client_kwargs)
-            cls._managed = replacement
-        if current is not None:
-            logger.info("uri=<%s> | connection pool re-initialised, closing previous client", current.redacted_uri)
-            current.close()
-        logger.info("uri=<%s> | connection pool initialised", replacement.redacted_uri)
-        return replacement.client
-
-    @classmethod
-    def get_client(cls) -> MongoClient[dict[str, Any]] | None:
-        """Return the shared client, or ``None`` if :meth:`initialize` has not been called.
-
-        In a child process forked after ``initialize`` this returns a new client with the same
-        settings, never the parent's.
-        """
-        managed = cls._managed
-        return managed.client if managed is not None else None
-
-    @classmethod
-    def is_initialized(cls) -> bool:
-        """Whether :meth:`initialize` has been called (and :meth:`close` has not)."""
-        return cls._managed is not None
-
-    @classmethod
-    def close(cls) -> None:
-        """Close the shared client. Safe to call when not initialised."""
-        with cls._lock:
-            managed, cls._managed = cls._managed, None
-        if managed is not None:
-            managed.close()
-            logger.info("uri=<%s> | connection pool closed", managed.redacted_uri)
-
-    @classmethod
-    def get_pool_stats(cls) -> dict[str, Any]:
-        """Return connection and command statistics gathered from pymongo's monitoring events.
-
-        Returns:
-            ``{"initialized": False}`` before :meth:`initialize`; otherwise counters:
-            ``connections_created``, ``connections_closed``, ``connections_open``,
-            ``connections_checked_out`` (now), ``checkouts``, ``checkout_failures``,
-            ``pools_cleared``, ``commands_started``/``succeeded``/``failed``, peaks, the
-            effective ``max_pool_size``/``min_pool_size`` and the redacted ``uri``.
-        """
-        managed = cls._managed
-        if managed is None:
-            return {"initialized": False}
-        return {"initialized": True, **managed.stats()}
-
-    def __repr__(self) -> str:
-        managed = self._managed
-        where = managed.redacted_uri if managed is not None else None
-        return f"MongoDBConnectionPool(initialized={managed is not None}, uri={where!r})"
-
-
 class SharedClientLease:
     """A reference to a shared client; :meth:`release` gives it back (closing it with the last lease)."""
 
@@ -400,6 +307,10 @@ class SharedClientLease:
 
     def stats(self) -> dict[str, Any]:
         return self._managed.stats()
+
+    def matches(self, connection_string: str, client_kwargs: Mapping[str, Any]) -> bool:
+        """Whether this lease is for exactly this connection string and these options."""
+        return not self.released and self._managed.same_config(connection_string, client_kwargs)
 
     def release(self) -> None:
         if self.released:
@@ -433,12 +344,19 @@ def acquire_shared_client(connection_string: str, **client_kwargs: Any) -> Share
     key = (connection_string, _options_key(options))
     with _shared_lock:
         entry = _shared.get(key)
-        if entry is None or entry[0].closed:
-            managed = _ManagedClient(connection_string, client_kwargs)
-            _shared[key] = (managed, 1)
-        else:
-            managed = entry[0]
-            _shared[key] = (managed, entry[1] + 1)
+        if entry is not None and not entry[0].closed:
+            _shared[key] = (entry[0], entry[1] + 1)
+            return SharedClientLease(key, entry[0])
+    # Build outside the lock: client construction may resolve DNS (mongodb+srv) and must not block
+    # other callers. If another thread won the race, use its client and drop ours.
+    built = _ManagedClient(connection_string, client_kwargs)
+    with _shared_lock:
+        entry = _shared.get(key)
+        lost_race = entry is not None and not entry[0].closed
+        managed, count = (entry[0], entry[1] + 1) if entry is not None and lost_race else (built, 1)
+        _shared[key] = (managed, count)
+    if lost_race:
+        built.close()
     return SharedClientLease(key, managed)
 
 
@@ -461,12 +379,118 @@ def shared_client_count() -> int:
         return len(_shared)
 
 
+class MongoDBConnectionPool:
+    """Process-wide singleton holding one shared, thread-safe ``MongoClient``.
+
+    All methods are class methods; ``MongoDBConnectionPool()`` returns the one instance for code
+    that prefers an object. The pool's client is the same object that :func:`acquire_shared_client`
+    (and so a repository, manager or factory built from the same connection string and options)
+    uses, so one process with one configuration opens one connection pool.
+
+    Example:
+        ```python
+        client = MongoDBConnectionPool.initialize("mongodb://localhost:27017", maxPoolSize=50)
+        same_client = MongoDBConnectionPool.get_client()
+        print(MongoDBConnectionPool.get_pool_stats()["connections_open"])
+        MongoDBConnectionPool.close()
+        ```
+    """
+
+    _instance: MongoDBConnectionPool | None = None
+    _lock = threading.RLock()
+    _lease: SharedClientLease | None = None
+
+    def __new__(cls) -> MongoDBConnectionPool:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = super().__new__(cls)
+            return cls._instance
+
+    @classmethod
+    def initialize(cls, connection_string: str, **client_kwargs: Any) -> MongoClient[dict[str, Any]]:
+        """Create the shared client, or return it if it already exists with the same settings.
+
+        Calling again with a different connection string or different options replaces the client:
+        the new one is built first, then the pool's hold on the old one is released (closing it
+        unless a factory or repository still uses it).
+
+        Args:
+            connection_string: MongoDB connection string (may carry credentials; never logged).
+            **client_kwargs: ``MongoClient`` options with pymongo's names (``maxPoolSize``,
+                ``serverSelectionTimeoutMS``, ...), overriding :data:`DEFAULT_CLIENT_OPTIONS`.
+
+        Returns:
+            The shared ``MongoClient``.
+
+        Raises:
+            SessionValidationError: The connection string or an option is invalid.
+            SessionStorageError: The client could not be created.
+        """
+        with cls._lock:
+            current = cls._lease
+            if current is not None and current.matches(connection_string, client_kwargs):
+                return current.client
+            replacement = acquire_shared_client(connection_string, **client_kwargs)
+            cls._lease = replacement
+        if current is not None:
+            logger.info("uri=<%s> | connection pool re-initialised, releasing previous client", current.redacted_uri)
+            current.release()
+        logger.info("uri=<%s> | connection pool initialised", replacement.redacted_uri)
+        return replacement.client
+
+    @classmethod
+    def get_client(cls) -> MongoClient[dict[str, Any]] | None:
+        """Return the shared client, or ``None`` if :meth:`initialize` has not been called.
+
+        In a child process forked after ``initialize`` this returns a new client with the same
+        settings, never the parent's.
+        """
+        lease = cls._lease
+        return lease.client if lease is not None else None
+
+    @classmethod
+    def is_initialized(cls) -> bool:
+        """Whether :meth:`initialize` has been called (and :meth:`close` has not)."""
+        return cls._lease is not None
+
+    @classmethod
+    def close(cls) -> None:
+        """Release the pool's client (closed unless a factory or repository still holds it).
+
+        Safe to call when not initialised.
+        """
+        with cls._lock:
+            lease, cls._lease = cls._lease, None
+        if lease is not None:
+            lease.release()
+            logger.info("uri=<%s> | connection pool closed", lease.redacted_uri)
+
+    @classmethod
+    def get_pool_stats(cls) -> dict[str, Any]:
+        """Return connection and command statistics gathered from pymongo's monitoring events.
+
+        Returns:
+            ``{"initialized": False}`` before :meth:`initialize`; otherwise counters:
+            ``connections_created``, ``connections_closed``, ``connections_open``,
+            ``connections_checked_out`` (now), ``checkouts``, ``checkout_failures``,
+            ``pools_cleared``, ``commands_started``/``succeeded``/``failed``, peaks, the
+            effective ``max_pool_size``/``min_pool_size`` and the redacted ``uri``.
+        """
+        lease = cls._lease
+        if lease is None:
+            return {"initialized": False}
+        return {"initialized": True, **lease.stats()}
+
+    def __repr__(self) -> str:
+        lease = self._lease
+        where = lease.redacted_uri if lease is not None else None
+        return f"MongoDBConnectionPool(initialized={lease is not None}, uri={where!r})"
+
+
 def _after_fork_in_child() -> None:
     global _shared_lock
     MongoDBConnectionPool._lock = threading.RLock()
     _shared_lock = threading.Lock()
-    if MongoDBConnectionPool._managed is not None:
-        MongoDBConnectionPool._managed.after_fork_in_child()
     for managed, _count in _shared.values():
         managed.after_fork_in_child()
 

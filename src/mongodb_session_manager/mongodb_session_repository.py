@@ -15,19 +15,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, PyMongoError, WriteError
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, PyMongoError
 from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
 from ._documents import (
     AGENT_FIELDS,
+    MESSAGE_FIELDS,
     agent_to_fields,
     document_to_agent,
     document_to_session,
@@ -37,8 +40,12 @@ from ._documents import (
     message_to_entry,
     session_to_document,
     utc_now,
+    validate_feedback,
     validate_id,
     validate_message_id,
+    validate_metadata,
+    validate_metadata_key,
+    validate_metadata_keys,
 )
 from .errors import (
     SessionConflictError,
@@ -69,6 +76,26 @@ _SLICE_ALL = 2**31 - 1
 _index_lock = threading.Lock()
 _indexed_collections: set[tuple[Any, ...]] = set()
 
+# Fields to store beside the next appended message (see ``stored_with_message``). A context
+# variable, so concurrent threads and asyncio tasks sharing one repository never mix them up.
+_message_extras: ContextVar[tuple[Any, dict[str, Any]] | None] = ContextVar("msm_message_extras", default=None)
+
+
+@contextlib.contextmanager
+def stored_with_message(message: Any, fields: dict[str, Any]) -> Iterator[None]:
+    """Store ``fields`` beside ``message`` when it is appended inside this block.
+
+    ``RepositorySessionManager.append_message`` wraps the agent's message in a ``SessionMessage``
+    and calls ``create_message``; this lets a manager add fields (such as ``event_loop_metrics``)
+    to that very write, matched by the message object's identity, without re-implementing the SDK's
+    bookkeeping. The fields are stored beside the message and never handed back to Strands.
+    """
+    token = _message_extras.set((message, fields))
+    try:
+        yield
+    finally:
+        _message_extras.reset(token)
+
 
 def _client_identity(client: MongoClient[Any]) -> Any:
     """What identifies the deployment a client talks to, for the once-per-process index registry."""
@@ -87,6 +114,10 @@ class MongoDBSessionRepository(SessionRepository):
         database_name: Database holding the sessions collection.
         collection_name: Collection holding one document per session.
         client: An existing ``MongoClient`` to use. It is borrowed: :meth:`close` never closes it.
+        session_ttl: Optional expiry: sessions with no write for this long (seconds or a
+            ``timedelta``) are deleted by MongoDB itself, whole, through a TTL index on
+            ``updated_date``. MongoDB's TTL monitor runs about once a minute, so expiry is not
+            instant. ``None`` (the default) keeps sessions forever.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
     If neither ``client`` nor ``connection_string`` is given, the client of an initialised
@@ -105,9 +136,11 @@ class MongoDBSessionRepository(SessionRepository):
         database_name: str = DEFAULT_DATABASE_NAME,
         collection_name: str = DEFAULT_COLLECTION_NAME,
         client: MongoClient[Any] | None = None,
+        session_ttl: float | timedelta | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the repository; see the class docstring for the arguments."""
+        self.session_ttl_seconds = _ttl_seconds(session_ttl)
         if not isinstance(database_name, str) or not database_name:
             raise SessionValidationError("database_name", "must be a non-empty string")
         if not isinstance(collection_name, str) or not collection_name:
@@ -170,7 +203,7 @@ class MongoDBSessionRepository(SessionRepository):
 
     def ensure_indexes(self) -> None:
         """Create the collection's indexes, once per collection per process."""
-        key = (_client_identity(self._client), self.database_name, self.collection_name)
+        key = (_client_identity(self._client), self.database_name, self.collection_name, self.session_ttl_seconds)
         if key in _indexed_collections:
             return
         with _index_lock:
@@ -178,9 +211,32 @@ class MongoDBSessionRepository(SessionRepository):
                 return
             with self._errors("-", "create indexes"):
                 self.collection.create_index([("created_date", ASCENDING)], name="created_date_1")
-                self.collection.create_index([("updated_date", ASCENDING)], name="updated_date_1")
+                self._ensure_activity_index()
             _indexed_collections.add(key)
             logger.debug("database=<%s>, collection=<%s> | indexes ensured", self.database_name, self.collection_name)
+
+    def _ensure_activity_index(self) -> None:
+        """Index ``updated_date``; with a TTL when ``session_ttl`` is set (changed in place if it differs)."""
+        if self.session_ttl_seconds is None:
+            self.collection.create_index([("updated_date", ASCENDING)], name="updated_date_1")
+            return
+        try:
+            self.collection.create_index(
+                [("updated_date", ASCENDING)], name="updated_date_1", expireAfterSeconds=self.session_ttl_seconds
+            )
+        except OperationFailure as e:
+            if e.code not in (85, 86):  # IndexOptionsConflict / IndexKeySpecsConflict: only the TTL differs
+                raise
+            self.collection.database.command(
+                "collMod",
+                self.collection_name,
+                index={"keyPattern": {"updated_date": 1}, "expireAfterSeconds": self.session_ttl_seconds},
+            )
+            logger.info(
+                "collection=<%s>, ttl_seconds=<%s> | session expiry changed",
+                self.collection_name,
+                self.session_ttl_seconds,
+            )
 
     # ------------------------------------------------------------------ errors
 
@@ -189,11 +245,11 @@ class MongoDBSessionRepository(SessionRepository):
         """Translate driver exceptions into ours, chained with ``from``."""
         try:
             yield
+        except DocumentTooLarge as e:  # a subclass of InvalidDocument: test it first
+            raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
         except (InvalidDocument, InvalidStringData, OverflowError) as e:
             raise SessionValidationError(field, f"cannot be stored in MongoDB ({operation}): {e}") from e
-        except DocumentTooLarge as e:
-            raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
-        except WriteError as e:
+        except OperationFailure as e:
             if e.code in _TOO_LARGE_CODES:
                 raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
             raise SessionStorageError(f"session_id=<{session_id}> | {operation} failed: {e}") from e
@@ -289,10 +345,7 @@ class MongoDBSessionRepository(SessionRepository):
         return document_to_agent(stored, session_id) if stored else None
 
     def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
-        """Update an agent's state, keeping its original ``created_at``.
-
-        As in Strands' ``FileSessionManager``, ``session_agent.created_at`` is set to the stored
-        value.
+        """Update an agent's state, keeping its stored ``created_at`` (the one passed in is ignored).
 
         Raises:
             SessionNotFoundError: The session or agent does not exist.
@@ -304,17 +357,9 @@ class MongoDBSessionRepository(SessionRepository):
         changes.pop(f"{path}.created_at")
         changes["updated_date"] = utc_now()
         with self._errors(session_id, "update agent", "session_agent", changes):
-            before = self.collection.find_one_and_update(
-                {"_id": session_id, path: {"$exists": True}},
-                {"$set": changes},
-                projection={f"{path}.created_at": 1, "_id": 0},
-                return_document=ReturnDocument.BEFORE,
-            )
-        if before is None:
+            result = self.collection.update_one({"_id": session_id, path: {"$exists": True}}, {"$set": changes})
+        if result.matched_count == 0:
             raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
-        created_at = (_dig(before, path) or {}).get("created_at")
-        if created_at is not None:
-            session_agent.created_at = created_at
         logger.debug("session_id=<%s>, agent_id=<%s> | agent updated", session_id, agent_id)
 
     # ------------------------------------------------------------------ messages
@@ -335,6 +380,9 @@ class MongoDBSessionRepository(SessionRepository):
         message_id = validate_message_id(session_message.message_id)
         path = f"agents.{encode_field_name(agent_id)}"
         entry = message_to_entry(session_message)
+        extras = _message_extras.get()
+        if extras is not None and extras[0] is session_message.message:
+            entry.update(extras[1])
         with self._errors(session_id, "append message", "session_message", entry):
             result = self.collection.update_one(
                 {"_id": session_id, f"{path}.message_count": message_id},
@@ -496,6 +544,228 @@ class MongoDBSessionRepository(SessionRepository):
             )
         logger.debug("session_id=<%s>, multi_agent_id=<%s> | multi-agent updated", session_id, multi_agent_id)
 
+    # ------------------------------------------------------------------ fields beside messages
+
+    def set_message_fields(self, session_id: str, agent_id: str, message_id: int, fields: Mapping[str, Any]) -> None:
+        """Set extra fields (such as ``event_loop_metrics``) on a stored message, without reading the array.
+
+        Raises:
+            SessionValidationError: A field name collides with a ``SessionMessage`` field.
+            SessionNotFoundError: The message does not exist.
+        """
+        validate_id(session_id, "session_id")
+        validate_id(agent_id, "agent_id")
+        validate_message_id(message_id)
+        for name in fields:
+            validate_metadata_key(name)
+            if name in MESSAGE_FIELDS:
+                raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
+        path = f"agents.{encode_field_name(agent_id)}"
+        changes = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
+        with self._errors(session_id, "set message fields", "fields", changes):
+            result = self.collection.update_one(
+                {"_id": session_id, f"{path}.messages.message_id": message_id},
+                {"$set": changes},
+                array_filters=[{"m.message_id": message_id}],
+            )
+        if result.matched_count == 0:
+            raise SessionNotFoundError(
+                f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | message does not exist"
+            )
+
+    def get_message_metrics(self, session_id: str, agent_id: str) -> list[dict[str, Any]]:
+        """Return ``[{"message_id", "event_loop_metrics"}, ...]`` for the agent's messages that carry metrics.
+
+        Only the message ids and metrics are transferred, not the messages.
+
+        Raises:
+            SessionNotFoundError: The session or agent does not exist.
+        """
+        validate_id(session_id, "session_id")
+        validate_id(agent_id, "agent_id")
+        path = f"agents.{encode_field_name(agent_id)}"
+        with self._errors(session_id, "read message metrics"):
+            document = self.collection.find_one(
+                {"_id": session_id},
+                {
+                    f"{path}.message_count": 1,
+                    f"{path}.messages.message_id": 1,
+                    f"{path}.messages.event_loop_metrics": 1,
+                },
+            )
+        stored = _dig(document, path)
+        if stored is None:
+            raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
+        return [
+            {"message_id": entry.get("message_id"), "event_loop_metrics": entry["event_loop_metrics"]}
+            for entry in stored.get("messages") or []
+            if isinstance(entry, dict) and "event_loop_metrics" in entry
+        ]
+
+    # ------------------------------------------------------------------ metadata
+
+    def update_metadata(self, session_id: str, metadata: Mapping[str, Any]) -> None:
+        """Set the given metadata fields, leaving the others as they are.
+
+        Raises:
+            SessionValidationError: A key or value is refused (nothing is written).
+            SessionNotFoundError: The session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        validate_metadata(metadata)
+        if not metadata:
+            return
+        changes: dict[str, Any] = {f"metadata.{key}": value for key, value in metadata.items()}
+        changes["updated_date"] = utc_now()
+        with self._errors(session_id, "update metadata", "metadata", changes):
+            result = self.collection.update_one({"_id": session_id}, {"$set": changes})
+        if result.matched_count == 0:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        logger.debug("session_id=<%s>, keys=<%s> | metadata updated", session_id, sorted(metadata))
+
+    def get_metadata(self, session_id: str) -> dict[str, Any]:
+        """Return the session's metadata (``{}`` when none was set).
+
+        Raises:
+            SessionNotFoundError: The session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        with self._errors(session_id, "read metadata"):
+            document = self.collection.find_one({"_id": session_id}, {"metadata": 1})
+        if document is None:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        metadata: dict[str, Any] = document.get("metadata") or {}
+        return metadata
+
+    def delete_metadata(self, session_id: str, keys: list[str]) -> None:
+        """Remove the named metadata fields (absent ones are ignored).
+
+        Raises:
+            SessionValidationError: A key is refused (nothing is written).
+            SessionNotFoundError: The session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        keys = validate_metadata_keys(keys)
+        if not keys:
+            return
+        with self._errors(session_id, "delete metadata"):
+            result = self.collection.update_one(
+                {"_id": session_id},
+                {"$unset": {f"metadata.{key}": "" for key in keys}, "$set": {"updated_date": utc_now()}},
+            )
+        if result.matched_count == 0:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        logger.debug("session_id=<%s>, keys=<%s> | metadata deleted", session_id, keys)
+
+    # ------------------------------------------------------------------ feedback
+
+    def add_feedback(self, session_id: str, feedback: Mapping[str, Any]) -> dict[str, Any]:
+        """Append a feedback entry, timestamped by the server.
+
+        Args:
+            session_id: The session.
+            feedback: ``{"rating": "up" | "down" | None, "comment": str}``.
+
+        Returns:
+            The stored entry, ``{"rating", "comment", "created_at"}`` (``created_at`` a UTC datetime).
+
+        Raises:
+            SessionValidationError: The feedback is refused (nothing is written).
+            SessionNotFoundError: The session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        entry = validate_feedback(feedback)
+        # A pipeline update, so that "$$NOW" (the server's clock) stamps the entry; "$literal" keeps
+        # user text such as "$field" from being read as an expression.
+        new_entry = {
+            "rating": {"$literal": entry["rating"]},
+            "comment": {"$literal": entry["comment"]},
+            "created_at": "$$NOW",
+        }
+        pipeline = [
+            {
+                "$set": {
+                    "feedbacks": {"$concatArrays": [{"$ifNull": ["$feedbacks", []]}, [new_entry]]},
+                    "updated_date": "$$NOW",
+                }
+            }
+        ]
+        with self._errors(session_id, "add feedback", "feedback", entry):
+            document = self.collection.find_one_and_update(
+                {"_id": session_id},
+                pipeline,
+                projection={"feedbacks": {"$slice": -1}, "_id": 0},
+                return_document=ReturnDocument.AFTER,
+            )
+        if document is None:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        logger.debug("session_id=<%s>, rating=<%s> | feedback added", session_id, entry["rating"])
+        stored: dict[str, Any] = document["feedbacks"][-1]
+        return stored
+
+    def get_feedbacks(self, session_id: str) -> list[dict[str, Any]]:
+        """Return the session's feedback entries, oldest first.
+
+        Raises:
+            SessionNotFoundError: The session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        with self._errors(session_id, "read feedback"):
+            document = self.collection.find_one({"_id": session_id}, {"feedbacks": 1})
+        if document is None:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        feedbacks: list[dict[str, Any]] = document.get("feedbacks") or []
+        return feedbacks
+
+    # ------------------------------------------------------------------ listing
+
+    def list_sessions(
+        self, metadata_filter: Mapping[str, Any] | None = None, limit: int = 100, after: str | None = None
+    ) -> list[dict[str, Any]]:
+        """List sessions in ``session_id`` order, optionally only those whose metadata matches.
+
+        Pagination is stable: pass the last ``session_id`` of a page as ``after`` to get the next.
+
+        Args:
+            metadata_filter: ``{key: value}`` pairs that must all be equal to the session's metadata
+                (values are compared as data, never interpreted as query operators).
+            limit: Page size, 1 to 1000.
+            after: Return only sessions whose id sorts after this one.
+
+        Returns:
+            Summaries: ``{"session_id", "session_type", "created_at", "updated_at", "last_activity",
+            "metadata"}``; ``last_activity`` is the time of the last write to the session.
+        """
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+            raise SessionValidationError("limit", "must be an integer from 1 to 1000", limit)
+        query: dict[str, Any] = {}
+        if metadata_filter:
+            validate_metadata(dict(metadata_filter))
+            query.update({f"metadata.{key}": {"$eq": value} for key, value in metadata_filter.items()})
+        if after is not None:
+            query["_id"] = {"$gt": validate_id(after, "after")}
+        projection = {
+            "session_id": 1,
+            "session_type": 1,
+            "created_at": 1,
+            "updated_at": 1,
+            "updated_date": 1,
+            "metadata": 1,
+        }
+        with self._errors("-", "list sessions"):
+            documents = list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
+        return [
+            {
+                "session_id": doc["_id"],
+                "session_type": doc.get("session_type"),
+                "created_at": doc.get("created_at"),
+                "updated_at": doc.get("updated_at"),
+                "last_activity": doc.get("updated_date"),
+                "metadata": doc.get("metadata") or {},
+            }
+            for doc in documents
+        ]
+
 
 def _dig(document: dict[str, Any] | None, path: str) -> Any:
     """Follow a dotted path of (already encoded) field names into a document; ``None`` if absent."""
@@ -505,6 +775,16 @@ def _dig(document: dict[str, Any] | None, path: str) -> Any:
             return None
         current = current.get(part)
     return current
+
+
+def _ttl_seconds(value: float | timedelta | None) -> int | None:
+    """Normalise ``session_ttl`` to whole seconds (``None`` = no expiry)."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        raise SessionValidationError("session_ttl", "must be a positive number of seconds or a timedelta", value)
+    return max(1, int(seconds))
 
 
 def _bson_size(payload: Any) -> int | None:

@@ -1,0 +1,1 @@
+"""Ready-made metadata and feedback hooks (AWS integrations live here)."""
