@@ -28,7 +28,9 @@ from pymongo import MongoClient, common
 from strands import tool
 from strands.hooks import AfterInvocationEvent, BeforeInvocationEvent, HookRegistry
 from strands.session.repository_session_manager import RepositorySessionManager
+from strands.session.session_repository import SessionRepository
 from strands.types.content import Message
+from strands.types.session import Session, SessionAgent, SessionMessage
 
 from .errors import MongoDBSessionError, SessionValidationError
 from .mongodb_session_repository import (
@@ -40,6 +42,7 @@ from .mongodb_session_repository import (
 
 if TYPE_CHECKING:
     from strands.agent.agent import Agent
+    from strands.multiagent.base import MultiAgentBase
     from strands.types.agent import LocalAgent
 
 logger = logging.getLogger(__name__)
@@ -132,7 +135,10 @@ class MongoDBSessionManager(RepositorySessionManager):
         self._metrics_pending: dict[str, int] = {}
         self._closed = False
         try:
-            super().__init__(session_id=session_id, session_repository=session_repository, **parent_kwargs)
+            # One command reads the session and every agent's state; Strands' read_session and
+            # read_agent calls are then served from it (see _SnapshotReads).
+            reads = _SnapshotReads(session_repository, session_id)
+            super().__init__(session_id=session_id, session_repository=reads, **parent_kwargs)
         except BaseException:
             if self._owns_repository:
                 session_repository.close()
@@ -358,6 +364,73 @@ class MongoDBSessionManager(RepositorySessionManager):
     ) -> list[dict[str, Any]]:
         """List sessions of this manager's collection; see :meth:`MongoDBSessionRepository.list_sessions`."""
         return self.mongodb_repository.list_sessions(metadata_filter, limit=limit, after=after)
+
+
+class _SnapshotReads(SessionRepository):
+    """The repository as Strands' ``RepositorySessionManager`` sees it, with restore reads batched.
+
+    ``RepositorySessionManager`` reads the session when the manager is built and each agent when it
+    is initialised: three round trips per restore with ``list_messages``. This wrapper reads the
+    session and all agents' state (not their messages) in one command up front and answers the
+    first ``read_session`` and the first ``read_agent`` of each agent from that reply; each answer
+    is served once, so any later read goes to MongoDB. Everything else is passed straight through.
+
+    The answers are as fresh as the manager: Strands builds the manager and initialises its agents
+    within one request, and message appends stay guarded by the stored message count, so a
+    concurrent writer is still detected (``SessionConflictError``), never overwritten.
+    """
+
+    def __init__(self, repository: MongoDBSessionRepository, session_id: str) -> None:
+        self.repository = repository
+        snapshot = repository.read_session_snapshot(session_id)
+        self._session_id = session_id
+        self._session: Session | None = snapshot[0] if snapshot else None
+        self._session_served = False
+        self._agents: dict[str, SessionAgent] = snapshot[1] if snapshot else {}
+
+    def create_session(self, session: Session, **kwargs: Any) -> Session:
+        return self.repository.create_session(session, **kwargs)
+
+    def read_session(self, session_id: str, **kwargs: Any) -> Session | None:
+        if session_id == self._session_id and not self._session_served:
+            self._session_served = True
+            return self._session
+        return self.repository.read_session(session_id, **kwargs)
+
+    def create_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
+        self.repository.create_agent(session_id, session_agent, **kwargs)
+
+    def read_agent(self, session_id: str, agent_id: str, **kwargs: Any) -> SessionAgent | None:
+        if session_id == self._session_id and agent_id in self._agents:
+            return self._agents.pop(agent_id)
+        return self.repository.read_agent(session_id, agent_id, **kwargs)
+
+    def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
+        self._agents.pop(session_agent.agent_id, None)
+        self.repository.update_agent(session_id, session_agent, **kwargs)
+
+    def create_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
+        self.repository.create_message(session_id, agent_id, session_message, **kwargs)
+
+    def read_message(self, session_id: str, agent_id: str, message_id: int, **kwargs: Any) -> SessionMessage | None:
+        return self.repository.read_message(session_id, agent_id, message_id, **kwargs)
+
+    def update_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
+        self.repository.update_message(session_id, agent_id, session_message, **kwargs)
+
+    def list_messages(
+        self, session_id: str, agent_id: str, limit: int | None = None, offset: int = 0, **kwargs: Any
+    ) -> list[SessionMessage]:
+        return self.repository.list_messages(session_id, agent_id, limit=limit, offset=offset, **kwargs)
+
+    def create_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
+        self.repository.create_multi_agent(session_id, multi_agent, **kwargs)
+
+    def read_multi_agent(self, session_id: str, multi_agent_id: str, **kwargs: Any) -> dict[str, Any] | None:
+        return self.repository.read_multi_agent(session_id, multi_agent_id, **kwargs)
+
+    def update_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
+        self.repository.update_multi_agent(session_id, multi_agent, **kwargs)
 
 
 class _TurnStart:

@@ -24,7 +24,7 @@ import bson
 from bson.errors import InvalidDocument, InvalidStringData
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
-from pymongo.errors import DocumentTooLarge, DuplicateKeyError, OperationFailure, PyMongoError
+from pymongo.errors import DocumentTooLarge, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
 from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
@@ -166,8 +166,16 @@ class MongoDBSessionRepository(SessionRepository):
         self.database_name = database_name
         self.collection_name = collection_name
         self._closed = False
-        self.collection: Collection[dict[str, Any]] = self._client[database_name][collection_name]
-        self.ensure_indexes()
+        try:
+            try:
+                self.collection: Collection[dict[str, Any]] = self._client[database_name][collection_name]
+            except InvalidName as e:
+                field = "database_name" if _is_bad_database_name(database_name) else "collection_name"
+                raise SessionValidationError(field, str(e)) from e
+            self.ensure_indexes()
+        except BaseException:
+            self.close()  # the caller gets no object to close: let go of the shared client now
+            raise
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -218,7 +226,13 @@ class MongoDBSessionRepository(SessionRepository):
     def _ensure_activity_index(self) -> None:
         """Index ``updated_date``; with a TTL when ``session_ttl`` is set (changed in place if it differs)."""
         if self.session_ttl_seconds is None:
-            self.collection.create_index([("updated_date", ASCENDING)], name="updated_date_1")
+            try:
+                self.collection.create_index([("updated_date", ASCENDING)], name="updated_date_1")
+            except OperationFailure as e:
+                if e.code not in (85, 86):
+                    raise
+                # The index exists with a TTL set by another configuration: keep it. Turning expiry
+                # off is a deliberate act (collMod), not a side effect of omitting session_ttl.
             return
         try:
             self.collection.create_index(
@@ -284,6 +298,48 @@ class MongoDBSessionRepository(SessionRepository):
                 {"_id": session_id}, {"session_id": 1, "session_type": 1, "created_at": 1, "updated_at": 1}
             )
         return document_to_session(document) if document is not None else None
+
+    def read_session_snapshot(self, session_id: str) -> tuple[Session, dict[str, SessionAgent]] | None:
+        """Read a session and the state of all its agents (no messages, metadata or feedback) in one command.
+
+        ``MongoDBSessionManager`` uses this so that restoring an agent costs two commands (this one,
+        then ``list_messages``) instead of three.
+
+        Returns:
+            ``(session, {agent_id: agent})``, or ``None`` if the session does not exist.
+        """
+        validate_id(session_id, "session_id")
+        agent_fields = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": session_id}},
+            {
+                "$project": {
+                    "session_id": 1,
+                    "session_type": 1,
+                    "created_at": 1,
+                    "updated_at": 1,
+                    "agents": {
+                        "$arrayToObject": {
+                            "$map": {
+                                "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                                "as": "agent",
+                                "in": {"k": "$$agent.k", "v": agent_fields},
+                            }
+                        }
+                    },
+                }
+            },
+        ]
+        with self._errors(session_id, "read session"):
+            documents = list(self.collection.aggregate(pipeline))
+        if not documents:
+            return None
+        document = documents[0]
+        agents = {}
+        for stored in (document.get("agents") or {}).values():
+            agent = document_to_agent(stored, session_id)
+            agents[agent.agent_id] = agent
+        return document_to_session(document), agents
 
     def delete_session(self, session_id: str, **kwargs: Any) -> None:
         """Delete a session with all its agents, messages and multi-agent state.
@@ -775,6 +831,11 @@ def _dig(document: dict[str, Any] | None, path: str) -> Any:
             return None
         current = current.get(part)
     return current
+
+
+def _is_bad_database_name(name: str) -> bool:
+    """Whether MongoDB would refuse ``name`` as a database name."""
+    return any(char in name for char in '/\\. "$\x00') or len(name.encode()) > 63
 
 
 def _ttl_seconds(value: float | timedelta | None) -> int | None:
