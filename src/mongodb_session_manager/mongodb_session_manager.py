@@ -137,7 +137,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         try:
             # One command reads the session and every agent's state; Strands' read_session and
             # read_agent calls are then served from it (see _SnapshotReads).
-            reads = _SnapshotReads(session_repository, session_id)
+            self._reads = reads = _SnapshotReads(session_repository, session_id)
             super().__init__(session_id=session_id, session_repository=reads, **parent_kwargs)
         except BaseException:
             if self._owns_repository:
@@ -170,6 +170,37 @@ class MongoDBSessionManager(RepositorySessionManager):
             SessionNotFoundError: The session does not exist (any more).
         """
         self.mongodb_repository.delete_session(self.session_id)
+
+    # ------------------------------------------------------------------ restore
+
+    def initialize(self, agent: LocalAgent, **kwargs: Any) -> None:
+        """Restore (or create) the agent, as Strands does, then note that its state is already stored.
+
+        Strands syncs an agent's state at its first message after initialisation even when nothing
+        changed, which costs every per-request agent one write per turn. When the state the agent
+        has after initialisation is exactly what is stored, we record it as synced, so the first
+        sync writes only if something really changed.
+        """
+        super().initialize(agent, **kwargs)
+        from strands.agent.agent import Agent
+
+        stored = self._reads.stored_agents.pop(str(agent.agent_id), None)
+        if not isinstance(agent, Agent) or stored is None:
+            return
+        current = SessionAgent.from_agent(agent)
+        if (current.state, current.conversation_manager_state, current._internal_state) != (
+            stored.state,
+            stored.conversation_manager_state,
+            stored._internal_state,
+        ):
+            return
+        # The same record RepositorySessionManager.sync_agent keeps after a successful write.
+        self._last_synced_internal_state[agent.agent_id] = {
+            "state_version": agent.state._get_version(),
+            "interrupt_state_version": agent._interrupt_state._get_version(),
+            "conversation_manager_state": copy.deepcopy(agent.conversation_manager.get_state()),
+            "model_state": copy.deepcopy(agent._model_state),
+        }
 
     # ------------------------------------------------------------------ metrics
 
@@ -387,6 +418,9 @@ class _SnapshotReads(SessionRepository):
         self._session: Session | None = snapshot[0] if snapshot else None
         self._session_served = False
         self._agents: dict[str, SessionAgent] = snapshot[1] if snapshot else {}
+        # What is known to be stored for each agent read or created through this wrapper, so the
+        # manager can tell whether the first sync after initialisation has anything to write.
+        self.stored_agents: dict[str, SessionAgent] = {}
 
     def create_session(self, session: Session, **kwargs: Any) -> Session:
         return self.repository.create_session(session, **kwargs)
@@ -399,11 +433,16 @@ class _SnapshotReads(SessionRepository):
 
     def create_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
         self.repository.create_agent(session_id, session_agent, **kwargs)
+        self.stored_agents[session_agent.agent_id] = copy.deepcopy(session_agent)
 
     def read_agent(self, session_id: str, agent_id: str, **kwargs: Any) -> SessionAgent | None:
         if session_id == self._session_id and agent_id in self._agents:
-            return self._agents.pop(agent_id)
-        return self.repository.read_agent(session_id, agent_id, **kwargs)
+            agent: SessionAgent | None = self._agents.pop(agent_id)
+        else:
+            agent = self.repository.read_agent(session_id, agent_id, **kwargs)
+        if agent is not None:
+            self.stored_agents[agent_id] = copy.deepcopy(agent)
+        return agent
 
     def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
         self._agents.pop(session_agent.agent_id, None)
