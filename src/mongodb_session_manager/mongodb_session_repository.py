@@ -17,7 +17,7 @@ import logging
 import threading
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
@@ -756,8 +756,7 @@ class MongoDBSessionRepository(SessionRepository):
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, rating=<%s> | feedback added", session_id, entry["rating"])
-        stored: dict[str, Any] = document["feedbacks"][-1]
-        return stored
+        return _feedback_entry(document["feedbacks"][-1])
 
     def get_feedbacks(self, session_id: str) -> list[dict[str, Any]]:
         """Return the session's feedback entries, oldest first.
@@ -770,8 +769,7 @@ class MongoDBSessionRepository(SessionRepository):
             document = self.collection.find_one({"_id": session_id}, {"feedbacks": 1})
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
-        feedbacks: list[dict[str, Any]] = document.get("feedbacks") or []
-        return feedbacks
+        return [_feedback_entry(entry) for entry in document.get("feedbacks") or []]
 
     # ------------------------------------------------------------------ listing
 
@@ -816,7 +814,7 @@ class MongoDBSessionRepository(SessionRepository):
                 "session_type": doc.get("session_type"),
                 "created_at": doc.get("created_at"),
                 "updated_at": doc.get("updated_at"),
-                "last_activity": doc.get("updated_date"),
+                "last_activity": _aware(doc.get("updated_date")),
                 "metadata": doc.get("metadata") or {},
             }
             for doc in documents
@@ -831,6 +829,17 @@ def _dig(document: dict[str, Any] | None, path: str) -> Any:
             return None
         current = current.get(part)
     return current
+
+
+def _aware(value: Any) -> Any:
+    """BSON dates come back naive (in UTC) unless the client is tz-aware: make them aware."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _feedback_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    return {**entry, "created_at": _aware(entry.get("created_at"))}
 
 
 def _is_bad_database_name(name: str) -> bool:

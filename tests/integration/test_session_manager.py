@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -572,11 +572,12 @@ def test_add_feedback_appends_with_a_server_timestamp(
         (None, ""),
     ]
     assert all(isinstance(f["created_at"], datetime) for f in feedbacks)
+    assert all(f["created_at"].tzinfo is not None for f in feedbacks)  # aware, UTC
     assert feedbacks[0]["created_at"] == entry["created_at"]
     assert feedbacks[0]["created_at"] <= feedbacks[1]["created_at"] <= feedbacks[2]["created_at"]
     raw = stored(mongo_client, database_name, "fb")
     assert raw is not None
-    assert raw["feedbacks"] == feedbacks
+    assert [{**f, "created_at": f["created_at"].replace(tzinfo=UTC)} for f in raw["feedbacks"]] == feedbacks
 
 
 @pytest.mark.parametrize(
