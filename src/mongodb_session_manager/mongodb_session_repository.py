@@ -497,25 +497,13 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(session_id, "session_id")
         validate_id(agent_id, "agent_id")
         message_id = validate_message_id(session_message.message_id)
-        path = f"agents.{encode_field_name(agent_id)}"
         updated_at = iso_now()
-        element = f"{path}.messages.$[m]"
-        changes = {
-            f"{element}.message": session_message.message,
-            f"{element}.redact_message": session_message.redact_message,
-            f"{element}.updated_at": updated_at,
-            "updated_date": utc_now(),
+        fields = {
+            "message": session_message.message,
+            "redact_message": session_message.redact_message,
+            "updated_at": updated_at,
         }
-        with self._errors(session_id, "update message", "session_message", changes):
-            result = self.collection.update_one(
-                {"_id": session_id, f"{path}.messages.message_id": message_id},
-                {"$set": changes},
-                array_filters=[{"m.message_id": message_id}],
-            )
-        if result.matched_count == 0:
-            raise SessionNotFoundError(
-                f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | message does not exist"
-            )
+        self._set_entry_fields(session_id, agent_id, message_id, fields, "update message", "session_message")
         session_message.updated_at = updated_at
         logger.debug(
             "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message updated", session_id, agent_id, message_id
@@ -616,9 +604,22 @@ class MongoDBSessionRepository(SessionRepository):
             validate_metadata_key(name)
             if name in MESSAGE_FIELDS:
                 raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
+        self._set_entry_fields(session_id, agent_id, message_id, fields, "set message fields", "fields")
+
+    def _set_entry_fields(
+        self,
+        session_id: str,
+        agent_id: str,
+        message_id: int,
+        fields: Mapping[str, Any],
+        operation: str,
+        field: str,
+    ) -> None:
+        """``$set`` fields of one stored message, addressed with ``array_filters`` (the array is not read)."""
         path = f"agents.{encode_field_name(agent_id)}"
-        changes = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
-        with self._errors(session_id, "set message fields", "fields", changes):
+        changes: dict[str, Any] = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
+        changes["updated_date"] = utc_now()
+        with self._errors(session_id, operation, field, changes):
             result = self.collection.update_one(
                 {"_id": session_id, f"{path}.messages.message_id": message_id},
                 {"$set": changes},
