@@ -28,10 +28,11 @@ from pymongo import MongoClient, common
 from strands import tool
 from strands.hooks import AfterInvocationEvent, BeforeInvocationEvent, HookRegistry
 from strands.session.repository_session_manager import RepositorySessionManager
-from strands.session.session_repository import SessionRepository
 from strands.types.content import Message
-from strands.types.session import Session, SessionAgent, SessionMessage
+from strands.types.session import SessionAgent
 
+from ._metrics import TurnStart, tool_counts, turn_metrics
+from ._snapshot_reads import SnapshotReads
 from .errors import MongoDBSessionError, SessionValidationError
 from .mongodb_session_repository import (
     DEFAULT_COLLECTION_NAME,
@@ -42,7 +43,6 @@ from .mongodb_session_repository import (
 
 if TYPE_CHECKING:
     from strands.agent.agent import Agent
-    from strands.multiagent.base import MultiAgentBase
     from strands.types.agent import LocalAgent
 
 logger = logging.getLogger(__name__)
@@ -131,13 +131,13 @@ class MongoDBSessionManager(RepositorySessionManager):
         self.mongodb_repository = session_repository
         self.metadata_hook = metadata_hook
         self.feedback_hook = feedback_hook
-        self._turns: dict[str, _TurnStart] = {}
+        self._turns: dict[str, TurnStart] = {}
         self._metrics_pending: dict[str, int] = {}
         self._closed = False
         try:
             # One command reads the session and every agent's state; Strands' read_session and
-            # read_agent calls are then served from it (see _SnapshotReads).
-            self._reads = reads = _SnapshotReads(session_repository, session_id)
+            # read_agent calls are then served from it (see SnapshotReads).
+            self._reads = reads = SnapshotReads(session_repository, session_id)
             super().__init__(session_id=session_id, session_repository=reads, **parent_kwargs)
         except BaseException:
             if self._owns_repository:
@@ -212,9 +212,9 @@ class MongoDBSessionManager(RepositorySessionManager):
 
     def _start_turn(self, agent: Agent) -> None:
         metrics = agent.event_loop_metrics
-        self._turns[_agent_key(agent)] = _TurnStart(
+        self._turns[str(agent.agent_id)] = TurnStart(
             started=time.monotonic(),
-            tool_calls={name: _tool_counts(tm) for name, tm in metrics.tool_metrics.items()},
+            tool_calls={name: tool_counts(tm) for name, tm in metrics.tool_metrics.items()},
             latency_ms=metrics.accumulated_metrics.get("latencyMs", 0),
             cycle_count=metrics.cycle_count,
         )
@@ -230,11 +230,11 @@ class MongoDBSessionManager(RepositorySessionManager):
             return
         with stored_with_message(message, {"event_loop_metrics": metrics}):
             super().append_message(message, agent, **kwargs)
-        self._metrics_pending.pop(_agent_key(agent), None)
+        self._metrics_pending.pop(str(agent.agent_id), None)
 
     def _final_message_metrics(self, message: Message, agent: LocalAgent) -> dict[str, Any] | None:
         """Metrics for ``message`` if it ends the agent's current turn, else ``None``."""
-        key = _agent_key(agent)
+        key = str(agent.agent_id)
         turn = self._turns.get(key)
         if turn is None or message.get("role") != "assistant":
             return None
@@ -247,17 +247,17 @@ class MongoDBSessionManager(RepositorySessionManager):
         # usage and metrics of this last model call are on the message already, but are added to
         # the agent's totals only after the message is appended: add them here.
         call = message.get("metadata") or {}
-        return _turn_metrics(agent, turn, call.get("usage"), call.get("metrics"))
+        return turn_metrics(agent, turn, call.get("usage"), call.get("metrics"))
 
     def _finish_turn(self, agent: Agent) -> None:
-        key = _agent_key(agent)
+        key = str(agent.agent_id)
         turn = self._turns.pop(key, None)
         pending = self._metrics_pending.pop(key, None)
         latest = self._latest_agent_message.get(key)
         if turn is None or pending is None or latest is None or latest.message_id != pending:
             return
         # Rare: the turn ended on an assistant message that asked for a tool. One extra write.
-        metrics = _turn_metrics(agent, turn, None, None)
+        metrics = turn_metrics(agent, turn, None, None)
         self.mongodb_repository.set_message_fields(self.session_id, key, pending, {"event_loop_metrics": metrics})
 
     def get_message_metrics(self, agent_id: str | None = None) -> list[dict[str, Any]]:
@@ -395,144 +395,6 @@ class MongoDBSessionManager(RepositorySessionManager):
     ) -> list[dict[str, Any]]:
         """List sessions of this manager's collection; see :meth:`MongoDBSessionRepository.list_sessions`."""
         return self.mongodb_repository.list_sessions(metadata_filter, limit=limit, after=after)
-
-
-class _SnapshotReads(SessionRepository):
-    """The repository as Strands' ``RepositorySessionManager`` sees it, with restore reads batched.
-
-    ``RepositorySessionManager`` reads the session when the manager is built and each agent when it
-    is initialised: three round trips per restore with ``list_messages``. This wrapper reads the
-    session and all agents' state (not their messages) in one command up front and answers the
-    first ``read_session`` and the first ``read_agent`` of each agent from that reply; each answer
-    is served once, so any later read goes to MongoDB. Everything else is passed straight through.
-
-    The answers are as fresh as the manager: Strands builds the manager and initialises its agents
-    within one request, and message appends stay guarded by the stored message count, so a
-    concurrent writer is still detected (``SessionConflictError``), never overwritten.
-    """
-
-    def __init__(self, repository: MongoDBSessionRepository, session_id: str) -> None:
-        self.repository = repository
-        snapshot = repository.read_session_snapshot(session_id)
-        self._session_id = session_id
-        self._session: Session | None = snapshot[0] if snapshot else None
-        self._session_served = False
-        self._agents: dict[str, SessionAgent] = snapshot[1] if snapshot else {}
-        # What is known to be stored for each agent read or created through this wrapper, so the
-        # manager can tell whether the first sync after initialisation has anything to write.
-        self.stored_agents: dict[str, SessionAgent] = {}
-
-    def create_session(self, session: Session, **kwargs: Any) -> Session:
-        return self.repository.create_session(session, **kwargs)
-
-    def read_session(self, session_id: str, **kwargs: Any) -> Session | None:
-        if session_id == self._session_id and not self._session_served:
-            self._session_served = True
-            return self._session
-        return self.repository.read_session(session_id, **kwargs)
-
-    def create_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
-        self.repository.create_agent(session_id, session_agent, **kwargs)
-        self.stored_agents[session_agent.agent_id] = copy.deepcopy(session_agent)
-
-    def read_agent(self, session_id: str, agent_id: str, **kwargs: Any) -> SessionAgent | None:
-        if session_id == self._session_id and agent_id in self._agents:
-            agent: SessionAgent | None = self._agents.pop(agent_id)
-        else:
-            agent = self.repository.read_agent(session_id, agent_id, **kwargs)
-        if agent is not None:
-            self.stored_agents[agent_id] = copy.deepcopy(agent)
-        return agent
-
-    def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
-        self._agents.pop(session_agent.agent_id, None)
-        self.repository.update_agent(session_id, session_agent, **kwargs)
-
-    def create_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
-        self.repository.create_message(session_id, agent_id, session_message, **kwargs)
-
-    def read_message(self, session_id: str, agent_id: str, message_id: int, **kwargs: Any) -> SessionMessage | None:
-        return self.repository.read_message(session_id, agent_id, message_id, **kwargs)
-
-    def update_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
-        self.repository.update_message(session_id, agent_id, session_message, **kwargs)
-
-    def list_messages(
-        self, session_id: str, agent_id: str, limit: int | None = None, offset: int = 0, **kwargs: Any
-    ) -> list[SessionMessage]:
-        return self.repository.list_messages(session_id, agent_id, limit=limit, offset=offset, **kwargs)
-
-    def create_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
-        self.repository.create_multi_agent(session_id, multi_agent, **kwargs)
-
-    def read_multi_agent(self, session_id: str, multi_agent_id: str, **kwargs: Any) -> dict[str, Any] | None:
-        return self.repository.read_multi_agent(session_id, multi_agent_id, **kwargs)
-
-    def update_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
-        self.repository.update_multi_agent(session_id, multi_agent, **kwargs)
-
-
-class _TurnStart:
-    __slots__ = ("cycle_count", "latency_ms", "started", "tool_calls")
-
-    def __init__(self, started: float, tool_calls: dict[str, dict[str, Any]], latency_ms: int, cycle_count: int):
-        self.started = started
-        self.tool_calls = tool_calls
-        self.latency_ms = latency_ms
-        self.cycle_count = cycle_count
-
-
-def _agent_key(agent: Any) -> str:
-    return str(agent.agent_id)
-
-
-def _tool_counts(tool_metrics: Any) -> dict[str, Any]:
-    return {
-        "call_count": tool_metrics.call_count,
-        "success_count": tool_metrics.success_count,
-        "error_count": tool_metrics.error_count,
-        "total_time": tool_metrics.total_time,
-    }
-
-
-def _add_usage(total: dict[str, Any], usage: dict[str, Any] | None) -> dict[str, Any]:
-    result = dict(total)
-    for key, value in (usage or {}).items():
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            result[key] = result.get(key, 0) + value
-    return result
-
-
-def _turn_metrics(agent: Any, turn: _TurnStart, call_usage: Any, call_metrics: Any) -> dict[str, Any]:
-    """Build the ``event_loop_metrics`` document for a finished turn.
-
-    ``call_usage``/``call_metrics`` are those of a final model call that the agent has not yet added
-    to its own totals (``None`` when it has).
-    """
-    metrics = agent.event_loop_metrics
-    invocation = metrics.latest_agent_invocation
-    turn_usage = _add_usage(dict(invocation.usage) if invocation else {}, call_usage)
-    accumulated_usage = _add_usage(dict(metrics.accumulated_usage), call_usage)
-    accumulated_metrics = _add_usage(dict(metrics.accumulated_metrics), call_metrics)
-    tool_usage: dict[str, dict[str, Any]] = {}
-    for name, tool_metrics in metrics.tool_metrics.items():
-        now = _tool_counts(tool_metrics)
-        before = turn.tool_calls.get(name, dict.fromkeys(now, 0))
-        delta = {field: now[field] - before[field] for field in now}
-        if delta["call_count"]:
-            tool_usage[name] = delta
-    return copy.deepcopy(
-        {
-            "usage": turn_usage,
-            "latency_ms": accumulated_metrics.get("latencyMs", 0) - turn.latency_ms,
-            "duration_ms": round((time.monotonic() - turn.started) * 1000, 3),
-            "cycle_count": metrics.cycle_count - turn.cycle_count,
-            "tool_usage": tool_usage,
-            "accumulated_usage": accumulated_usage,
-            "accumulated_metrics": accumulated_metrics,
-            "total_cycles": metrics.cycle_count,
-        }
-    )
 
 
 def _tool_result(status: str, payload: dict[str, Any]) -> dict[str, Any]:
