@@ -1,0 +1,612 @@
+"""The measurements: each function runs one scenario and returns what it cost.
+
+Every MongoDB scenario runs through one client whose :class:`Recorder` sees all commands; the same
+conversation is run through Strands' ``FileSessionManager`` on local disk for comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+from pymongo import MongoClient
+from strands import Agent
+from strands.agent.conversation_manager import SlidingWindowConversationManager
+from strands.session.file_session_manager import FileSessionManager
+from strands.session.session_manager import SessionManager
+from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
+
+from mongodb_session_manager import (
+    MongoDBConnectionPool,
+    MongoDBSessionManager,
+    MongoDBSessionRepository,
+    close_global_factory,
+    get_global_factory,
+    initialize_global_factory,
+)
+from mongodb_session_manager._documents import agent_to_fields, message_to_entry, session_to_document
+
+from ._files import CountingFileSessionManager, FileIO
+from ._harness import Contestant, Recorder, Timing, Traffic, interleave
+from ._model import ReplyModel
+
+#: The conversation manager's window in every scenario: what a restore reads.
+WINDOW = 20
+USER_TEXT = "Could you summarise what we decided about the venue, the budget and the guest list? " * 2
+ASSISTANT_TEXT = (
+    "Here is where we are: the venue is the riverside hall for the evening of the 14th, the budget "
+    "stays at 4,000 with catering as the largest item, and the guest list has 42 confirmed names. "
+) * 3
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much work each scenario does; :meth:`quick` is for a smoke run."""
+
+    repeats: int = 25
+    restore_sizes: tuple[int, ...] = (10, 200, 2000)
+    append_repeats: tuple[tuple[int, int], ...] = ((10, 15), (100, 15), (1000, 9), (5000, 5))
+    image_bytes: int = 256 * 1024
+    requests: int = 40
+    throughput: tuple[tuple[int, int], ...] = ((1, 100), (8, 50))
+    turns_per_session: int = 2
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(
+            repeats=5,
+            append_repeats=((10, 3), (100, 3), (1000, 3), (5000, 2)),
+            requests=8,
+            throughput=((1, 20), (4, 5)),
+        )
+
+
+@dataclass
+class Cost:
+    """One operation measured on MongoDB and, where it applies, on the file baseline."""
+
+    key: str  # "restore:2000", "turn", "turn:slide", "sync", "append:5000", "image", "floor:read", ...
+    operation: str
+    traffic: Traffic
+    timing: Timing
+    floor: Timing  # the pymongo floor (find_one for reads, update_one for writes), timed alongside
+    file_timing: Timing | None = None
+    file_io: FileIO | None = None
+
+
+@dataclass
+class RequestCost:
+    """One way of building a manager per request."""
+
+    design: str
+    traffic: list[Traffic]  # one per request
+    setup: Timing
+    request: Timing
+
+
+@dataclass
+class ClientCost:
+    """A new ``MongoClient`` for one command versus the same command on a warm pooled client."""
+
+    new_client: Timing
+    pooled: Timing
+    new_client_traffic: Traffic
+
+
+@dataclass
+class Throughput:
+    """Many threads serving requests through one pool."""
+
+    threads: int
+    sessions: int
+    turns: int
+    seconds: float
+    commands: int
+    connections_created: int
+    peak_open: int
+    peak_checked_out: int
+    max_pool_size: int
+    latency: Timing
+
+
+@dataclass
+class Storage:
+    """How a binary content block is stored."""
+
+    raw: int
+    sent: int
+    stored: int
+    file_stored: int
+
+
+@dataclass
+class Results:
+    floor_read: Cost
+    floor_write: Cost
+    strands_alone: dict[str, Timing] = field(default_factory=dict)
+    costs: list[Cost] = field(default_factory=list)
+    storage: Storage | None = None
+    requests: list[RequestCost] = field(default_factory=list)
+    client_cost: ClientCost | None = None
+    throughput: list[Throughput] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def conversation(count: int) -> list[SessionMessage]:
+    """``count`` messages alternating user / assistant, of realistic size (~200 and ~600 bytes)."""
+    return [
+        SessionMessage(
+            message={
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": [{"text": f"[{i:05d}] " + (USER_TEXT if i % 2 == 0 else ASSISTANT_TEXT)}],
+            },
+            message_id=i,
+        )
+        for i in range(count)
+    ]
+
+
+def stored_agent(count: int) -> SessionAgent:
+    """The agent record of a conversation of ``count`` messages under a sliding window of ``WINDOW``."""
+    agent = SessionAgent.from_agent(new_agent(None))
+    agent.conversation_manager_state = {
+        **agent.conversation_manager_state,
+        "removed_message_count": max(0, count - WINDOW),
+    }
+    return agent
+
+
+def _window() -> SlidingWindowConversationManager:
+    return SlidingWindowConversationManager(window_size=WINDOW)
+
+
+def new_agent(manager: SessionManager | None) -> Agent:
+    """The agent every scenario uses: offline model, sliding window of ``WINDOW`` messages."""
+    return Agent(model=ReplyModel(), session_manager=manager, conversation_manager=_window(), callback_handler=None)
+
+
+# --------------------------------------------------------------------------------------------- bench
+
+
+class Bench:
+    """A database on the server under test, a recorded client, and a folder for the file baseline."""
+
+    def __init__(self, uri: str, settings: Settings) -> None:
+        self.uri = uri
+        self.settings = settings
+        self.recorder = Recorder()
+        self.client: MongoClient[dict[str, Any]] = MongoClient(uri, event_listeners=[self.recorder])
+        self.database_name = f"msm_bench_{uuid.uuid4().hex[:8]}"
+        self.repository = MongoDBSessionRepository(client=self.client, database_name=self.database_name)
+        self.floor = self.client[self.database_name]["floor"]
+        self.floor.insert_one({"_id": "floor", "n": 0, "text": USER_TEXT})
+        self.storage_dir = tempfile.mkdtemp(prefix="msm-bench-files-")
+        self.file_io = FileIO()
+        self.files = FileSessionManager("setup", storage_dir=self.storage_dir)
+        self._ids = iter(range(10**9))
+
+    def close(self) -> None:
+        self.client.drop_database(self.database_name)
+        self.client.close()
+        shutil.rmtree(self.storage_dir, ignore_errors=True)
+
+    def session_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids):06d}"
+
+    def manager(self, session_id: str) -> MongoDBSessionManager:
+        return MongoDBSessionManager(session_id, client=self.client, database_name=self.database_name)
+
+    def file_manager(self, session_id: str) -> CountingFileSessionManager:
+        return CountingFileSessionManager(session_id, self.storage_dir, self.file_io)
+
+    def store(self, session_id: str, count: int) -> None:
+        """Store a conversation of ``count`` messages in MongoDB (one insert) and on disk."""
+        agent = stored_agent(count)
+        messages = conversation(count)
+        document = session_to_document(Session(session_id=session_id, session_type=SessionType.AGENT))
+        document["agents"][agent.agent_id] = {
+            **agent_to_fields(agent),
+            "message_count": count,
+            "messages": [message_to_entry(m) for m in messages],
+        }
+        self.repository.collection.insert_one(document)
+        self.files.create_session(Session(session_id=session_id, session_type=SessionType.AGENT))
+        self.files.create_agent(session_id, agent)
+        for message in messages:
+            self.files.create_message(session_id, agent.agent_id, message)
+
+
+def _mongo(bench: Bench, action: Callable[[Any], Any], prepare: Callable[[int], Any] | None = None) -> Contestant:
+    return Contestant(action, prepare, bench.recorder.take)
+
+
+def _file(bench: Bench, action: Callable[[Any], Any], prepare: Callable[[int], Any] | None = None) -> Contestant:
+    return Contestant(action, prepare, bench.file_io.take)
+
+
+def _floor(bench: Bench, kind: str, recorded: bool = False) -> Contestant:
+    """The pymongo floor: one ``find_one`` (``"read"``) or ``update_one`` (``"write"``) by ``_id``."""
+    collection = bench.floor
+
+    def read(_: Any) -> None:
+        collection.find_one({"_id": "floor"})
+
+    def write(_: Any) -> None:
+        collection.update_one({"_id": "floor"}, {"$inc": {"n": 1}})
+
+    return Contestant(read if kind == "read" else write, capture=bench.recorder.take if recorded else None)
+
+
+def _compare(
+    bench: Bench, key: str, operation: str, kind: str, repeats: int, mongo: Contestant, file: Contestant
+) -> Cost:
+    """Time an operation, its pymongo floor and its file-baseline version, taking turns."""
+    (timing, traffic), (floor, _), (file_timing, file_io) = interleave(repeats, [mongo, _floor(bench, kind), file])
+    return Cost(key, operation, traffic, timing, floor, file_timing, file_io)
+
+
+# ------------------------------------------------------------------------------------------ floors
+
+
+def floors(bench: Bench) -> tuple[Cost, Cost]:
+    """One ``find_one`` and one ``update_one`` by ``_id`` on a small document: the least a round trip costs."""
+    (read, read_traffic), (write, write_traffic) = interleave(
+        bench.settings.repeats * 2, [_floor(bench, "read", recorded=True), _floor(bench, "write", recorded=True)]
+    )
+    return (
+        Cost("floor:read", "pymongo floor: find_one by _id", read_traffic, read, read),
+        Cost("floor:write", "pymongo floor: update_one by _id", write_traffic, write, write),
+    )
+
+
+def strands_alone(bench: Bench) -> dict[str, Timing]:
+    """Strands with no session manager: what building an agent and running a turn cost without storage."""
+    (build, _), (turn, _) = interleave(
+        bench.settings.repeats, [Contestant(lambda _: new_agent(None)), Contestant(_turn, lambda _: new_agent(None))]
+    )
+    return {"build": build, "turn": turn}
+
+
+def _turn(agent: Agent) -> None:
+    agent(USER_TEXT)
+
+
+# ---------------------------------------------------------------------------------------- restore
+
+
+def restore(bench: Bench, stored: int) -> Cost:
+    """Manager creation for an existing session plus ``Agent(...)``, with ``stored`` messages stored."""
+    session_id = bench.session_id(f"restore{stored:05d}")
+    bench.store(session_id, stored)
+    restored: set[int] = set()
+
+    def mongo(_: Any) -> None:
+        restored.add(len(new_agent(bench.manager(session_id)).messages))
+
+    cost = _compare(
+        bench,
+        f"restore:{stored}",
+        f"restore an agent, {stored:,} stored messages (window {WINDOW})",
+        "read",
+        bench.settings.repeats,
+        _mongo(bench, mongo),
+        _file(bench, lambda _: new_agent(bench.file_manager(session_id))),
+    )
+    assert restored == {min(stored, WINDOW)}, restored
+    return cost
+
+
+# ------------------------------------------------------------------------------------------ turns
+
+
+def turn(bench: Bench) -> Cost:
+    """One turn (user message + assistant reply with metrics) of a new agent: its window is not full."""
+    return _compare(
+        bench,
+        "turn",
+        "one turn (user + assistant with metrics)",
+        "write",
+        bench.settings.repeats,
+        _mongo(bench, _turn, lambda _: new_agent(bench.manager(bench.session_id("turn")))),
+        _file(bench, _turn, lambda _: new_agent(bench.file_manager(bench.session_id("turn")))),
+    )
+
+
+def turn_with_full_window(bench: Bench) -> Cost:
+    """One turn of a restored agent whose window is full: the window slides, so its state changes too."""
+
+    def restored(make: Callable[[str], SessionManager]) -> Callable[[int], Agent]:
+        def build(_: int) -> Agent:
+            session_id = bench.session_id("slide")
+            bench.store(session_id, WINDOW)
+            return new_agent(make(session_id))
+
+        return build
+
+    return _compare(
+        bench,
+        "turn:slide",
+        f"one turn, window of {WINDOW} full (it slides)",
+        "write",
+        bench.settings.repeats,
+        _mongo(bench, _turn, restored(bench.manager)),
+        _file(bench, _turn, restored(bench.file_manager)),
+    )
+
+
+def sync_unchanged(bench: Bench) -> Cost:
+    """``sync_agent`` right after a turn: nothing changed, so nothing should be sent."""
+    manager = bench.manager(bench.session_id("sync"))
+    agent = new_agent(manager)
+    agent(USER_TEXT)
+    file_manager = bench.file_manager(bench.session_id("sync"))
+    file_agent = new_agent(file_manager)
+    file_agent(USER_TEXT)
+    return _compare(
+        bench,
+        "sync",
+        "sync_agent, nothing changed",
+        "write",
+        bench.settings.repeats,
+        _mongo(bench, lambda _: manager.sync_agent(agent)),
+        _file(bench, lambda _: file_manager.sync_agent(file_agent)),
+    )
+
+
+def append(bench: Bench, stored: int, repeats: int) -> Cost:
+    """Append one message (the repository call behind every message of a turn) after ``stored`` messages."""
+    session_id = bench.session_id(f"append{stored:05d}")
+    bench.store(session_id, stored)
+    message = conversation(stored + 1)[-1].message
+    file_repository = bench.file_manager(session_id)
+    next_id = {"mongo": stored, "file": stored}
+
+    def create(repository: Any, key: str) -> Callable[[Any], None]:
+        def call(_: Any) -> None:
+            repository.create_message(session_id, "default", SessionMessage(message, next_id[key]))
+            next_id[key] += 1
+
+        return call
+
+    return _compare(
+        bench,
+        f"append:{stored}",
+        f"append a message, {stored:,} stored",
+        "write",
+        repeats,
+        _mongo(bench, create(bench.repository, "mongo")),
+        _file(bench, create(file_repository, "file")),
+    )
+
+
+def image_turn(bench: Bench) -> tuple[Cost, Storage]:
+    """A turn whose user message carries a binary image block; and how big that block is once stored."""
+    data = os.urandom(bench.settings.image_bytes)
+    prompt: list[Any] = [{"text": "What is in this picture?"}, {"image": {"format": "png", "source": {"bytes": data}}}]
+    ids: dict[str, list[str]] = {"mongo": [], "file": []}
+
+    def fresh(make: Callable[[str], SessionManager], key: str) -> Callable[[int], Agent]:
+        def build(_: int) -> Agent:
+            ids[key].append(bench.session_id("image"))
+            return new_agent(make(ids[key][-1]))
+
+        return build
+
+    cost = _compare(
+        bench,
+        "image",
+        f"one turn whose prompt holds a {len(data) // 1024} KB image",
+        "write",
+        max(3, bench.settings.repeats // 3),
+        _mongo(bench, lambda agent: agent(prompt), fresh(bench.manager, "mongo")),
+        _file(bench, lambda agent: agent(prompt), fresh(bench.file_manager, "file")),
+    )
+    document = bench.repository.collection.find_one(
+        {"_id": ids["mongo"][-1]},
+        {"agents.default.messages": {"$slice": [0, 1]}, "agents.default.message_count": 1},
+    )
+    assert document is not None
+    entry = document["agents"]["default"]["messages"][0]
+    assert entry["message"]["content"][1]["image"]["source"]["bytes"] == data
+    file_path = os.path.join(
+        bench.storage_dir, f"session_{ids['file'][-1]}", "agents", "agent_default", "messages", "message_0.json"
+    )
+    storage = Storage(
+        raw=len(data),
+        sent=cost.traffic.sizes[0],  # the update that appended the user message
+        stored=len(bson.encode(entry)),
+        file_stored=os.path.getsize(file_path),
+    )
+    return cost, storage
+
+
+# --------------------------------------------------------------------------------------- requests
+
+
+def client_cost(bench: Bench) -> ClientCost:
+    """What a new client costs by itself: ``MongoClient(uri)`` + one ``find_one`` + ``close()``."""
+
+    def with_new_client(_: Any) -> None:
+        client: MongoClient[dict[str, Any]] = MongoClient(bench.uri, event_listeners=[bench.recorder])
+        client[bench.database_name]["floor"].find_one({"_id": "floor"})
+        client.close()
+
+    (new_client, traffic), (pooled, _) = interleave(
+        bench.settings.repeats, [_mongo(bench, with_new_client), _floor(bench, "read")]
+    )
+    return ClientCost(new_client, pooled, traffic)
+
+
+class _Design:
+    """One way of getting a manager in a request handler."""
+
+    def __init__(self, name: str, build: Callable[[str], MongoDBSessionManager]) -> None:
+        self.name = name
+        self.build = build
+        self.after_request: Callable[[MongoDBSessionManager], None] = lambda manager: None
+        self.setup: list[float] = []
+        self.request: list[float] = []
+        self.traffic: list[Traffic] = []
+
+
+def per_request(bench: Bench) -> list[RequestCost]:
+    """A request = manager for an existing session + ``Agent(...)`` + one turn; three ways of getting the manager.
+
+    The designs take turns request by request, so a busy moment of the machine hits all of them alike.
+    """
+    kept: list[MongoDBSessionManager] = []
+
+    # 1. A new MongoClient per request, closed at the end of it (the reference design's starting point).
+    def new_client(session_id: str) -> MongoDBSessionManager:
+        client: MongoClient[dict[str, Any]] = MongoClient(bench.uri, event_listeners=[bench.recorder])
+        return MongoDBSessionManager(session_id, client=client, database_name=bench.database_name)
+
+    # 2. A manager built from a connection string per request and never closed, as Strands apps
+    #    usually do: the library hands every such manager the same process-wide client.
+    def connection_string(session_id: str) -> MongoDBSessionManager:
+        manager = MongoDBSessionManager(
+            session_id, connection_string=bench.uri, database_name=bench.database_name, event_listeners=[bench.recorder]
+        )
+        kept.append(manager)
+        return manager
+
+    # 3. The global factory, initialised once at start-up.
+    def factory(session_id: str) -> MongoDBSessionManager:
+        return get_global_factory().create_session_manager(session_id)
+
+    designs = [
+        _Design("new MongoClient per request (closed after it)", new_client),
+        _Design("MongoDBSessionManager(connection_string=...) per request", connection_string),
+        _Design("global factory: create_session_manager()", factory),
+    ]
+    designs[0].after_request = lambda manager: manager.mongodb_repository.client.close()
+    close_global_factory()
+    initialize_global_factory(bench.uri, database_name=bench.database_name, event_listeners=[bench.recorder])
+    try:
+        sessions = [[bench.session_id("request") for _ in range(8)] for _ in designs]
+        for design, ids in zip(designs, sessions, strict=True):
+            for session_id in ids:  # every session exists and holds one turn; every client is warm
+                manager = design.build(session_id)
+                new_agent(manager)(USER_TEXT)
+                design.after_request(manager)
+        bench.recorder.take()
+        for index in range(bench.settings.requests):
+            for design, ids in zip(designs, sessions, strict=True):
+                start = time.perf_counter()
+                manager = design.build(ids[index % len(ids)])
+                agent = new_agent(manager)
+                built = time.perf_counter()
+                agent(USER_TEXT)
+                design.after_request(manager)
+                done = time.perf_counter()
+                design.setup.append((built - start) * 1000)
+                design.request.append((done - start) * 1000)
+                design.traffic.append(bench.recorder.take())
+    finally:
+        close_global_factory()
+        for manager in kept:
+            manager.close()
+    return [
+        RequestCost(design.name, design.traffic, Timing(tuple(design.setup)), Timing(tuple(design.request)))
+        for design in designs
+    ]
+
+
+# ------------------------------------------------------------------------------------- throughput
+
+
+def throughput(bench: Bench, threads: int, sessions_per_thread: int) -> Throughput:
+    """``threads`` threads, each serving ``turns_per_session`` requests for each of its sessions, one pool."""
+    turns = bench.settings.turns_per_session
+    close_global_factory()
+    initialize_global_factory(bench.uri, database_name=bench.database_name)
+    try:
+        prefix = bench.session_id(f"load{threads}")
+        latencies: list[float] = []
+        lock = threading.Lock()
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(threads + 1)
+
+        def worker(thread: int) -> None:
+            ids = [f"{prefix}-{thread}-{s}" for s in range(sessions_per_thread)]
+            mine = []
+            try:
+                barrier.wait()
+                for _ in range(turns):
+                    for session_id in ids:
+                        start = time.perf_counter()
+                        agent = new_agent(get_global_factory().create_session_manager(session_id))
+                        agent(USER_TEXT)
+                        mine.append((time.perf_counter() - start) * 1000)
+            except BaseException as e:  # reported after the run
+                errors.append(e)
+            with lock:
+                latencies.extend(mine)
+
+        workers = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+        for thread in workers:
+            thread.start()
+        before = MongoDBConnectionPool.get_pool_stats()
+        barrier.wait()
+        start = time.perf_counter()
+        for thread in workers:
+            thread.join()
+        seconds = time.perf_counter() - start
+        after = MongoDBConnectionPool.get_pool_stats()
+        if errors:
+            raise errors[0]
+        return Throughput(
+            threads=threads,
+            sessions=threads * sessions_per_thread,
+            turns=len(latencies),
+            seconds=seconds,
+            commands=after["commands_started"] - before["commands_started"],
+            connections_created=after["connections_created"] - before["connections_created"],
+            peak_open=after["peak_connections_open"],
+            peak_checked_out=after["peak_connections_checked_out"],
+            max_pool_size=after["max_pool_size"],
+            latency=Timing(tuple(latencies)),
+        )
+    finally:
+        close_global_factory()
+
+
+# ------------------------------------------------------------------------------------------- all
+
+
+def run_all(bench: Bench, progress: Callable[[str], None]) -> Results:
+    progress("pymongo floor")
+    floor_read, floor_write = floors(bench)
+    results = Results(floor_read, floor_write)
+    progress("Strands without a session manager")
+    results.strands_alone = strands_alone(bench)
+    for stored in bench.settings.restore_sizes:
+        progress(f"restore with {stored} stored messages")
+        results.costs.append(restore(bench, stored))
+    progress("turns")
+    results.costs.append(turn(bench))
+    results.costs.append(turn_with_full_window(bench))
+    results.costs.append(sync_unchanged(bench))
+    for stored, repeats in bench.settings.append_repeats:
+        progress(f"append at {stored} stored messages")
+        results.costs.append(append(bench, stored, repeats))
+    progress("binary block")
+    cost, results.storage = image_turn(bench)
+    results.costs.append(cost)
+    progress("a manager per request")
+    results.client_cost = client_cost(bench)
+    results.requests = per_request(bench)
+    for threads, sessions in bench.settings.throughput:
+        progress(f"throughput, {threads} thread(s) x {sessions} sessions")
+        results.throughput.append(throughput(bench, threads, sessions))
+    return results
