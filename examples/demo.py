@@ -3,8 +3,9 @@
 Run it twice: the second run resumes the stored conversation and says so. Then it prints what the
 session document holds: its shape, metadata, feedback and per-turn metrics.
 
-Uses MONGODB_URI if set (otherwise an embedded local server, data in .data/), and a real model if
-configured (see examples/_local.py), otherwise an offline demo model.
+Uses MONGODB_URI if set (otherwise an embedded local server, data in .data/), the database named
+by EXAMPLES_DATABASE (default "demo"), and a real model if configured (see examples/_local.py),
+otherwise an offline demo model.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _local import calculator, demo_model, describe_database, mongodb_uri, use_bedrock
+from _local import (
+    calculator,
+    database_name,
+    demo_model,
+    describe_database,
+    describe_model,
+    mongodb_uri,
+    print_metrics,
+    text_of,
+)
 from strands import Agent
 
 from mongodb_session_manager import MongoDBSessionManager
@@ -45,12 +55,8 @@ def shape(value: Any, depth: int = 0) -> Any:
 def main() -> None:
     with mongodb_uri() as uri:
         print(f"Storage: {describe_database(uri)}")
-        print(
-            "Model:   Strands' default Bedrock model"
-            if use_bedrock()
-            else "Model:   offline demo model (no cloud account needed; STRANDS_MODEL=bedrock for a real one)"
-        )
-        manager = MongoDBSessionManager(SESSION_ID, connection_string=uri, database_name="demo")
+        print(f"Model:   {describe_model()}")
+        manager = MongoDBSessionManager(SESSION_ID, connection_string=uri, database_name=database_name("demo"))
         with manager:
             agent = Agent(
                 model=demo_model(),
@@ -62,7 +68,7 @@ def main() -> None:
             resumed = len(agent.messages) > 0
             if resumed:
                 print(f"Resumed session {SESSION_ID!r}: {len(agent.messages)} stored messages restored.")
-                print(f"  last answer was: {_text(agent.messages[-1])!r}")
+                print(f"  last answer was: {text_of(agent.messages[-1])!r}")
                 prompts = PROMPTS_LATER_RUN
             else:
                 print(f"New session {SESSION_ID!r}. Run `make demo` again to see it resume.")
@@ -85,18 +91,7 @@ def main() -> None:
             for entry in manager.get_feedbacks():
                 print(f"  {entry['created_at']:%Y-%m-%d %H:%M:%S}  {entry['rating']!s:5} {entry['comment']}")
             print("Per-turn metrics (final assistant message of each turn):")
-            for turn in manager.get_message_metrics():
-                m = turn["event_loop_metrics"]
-                tools = ", ".join(f"{name} x{t['call_count']}" for name, t in m["tool_usage"].items()) or "no tools"
-                print(
-                    f"  message {turn['message_id']:>3}: {m['usage']['totalTokens']:>5} tokens "
-                    f"(in {m['usage']['inputTokens']}, out {m['usage']['outputTokens']}), "
-                    f"{m['cycle_count']} cycle(s), model latency {m['latency_ms']} ms, {tools}"
-                )
-
-
-def _text(message: dict[str, Any]) -> str:
-    return " ".join(block.get("text", "") for block in message.get("content", [])).strip()
+            print_metrics(manager)
 
 
 if __name__ == "__main__":

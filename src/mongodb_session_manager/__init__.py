@@ -6,12 +6,22 @@ process-wide connection pool; and a session manager that adds metrics, metadata 
 
 from ._version import __version__
 from .errors import (
+    AWSHooksUnavailableError,
     MongoDBSessionError,
     SessionConflictError,
     SessionNotFoundError,
     SessionStorageError,
     SessionTooLargeError,
     SessionValidationError,
+)
+from .hooks import (
+    FeedbackSNSHook,
+    MetadataSQSHook,
+    compose_hooks,
+    create_feedback_sns_hook,
+    create_metadata_sqs_hook,
+    is_feedback_sns_hook_available,
+    is_metadata_sqs_hook_available,
 )
 from .mongodb_connection_pool import DEFAULT_CLIENT_OPTIONS, MongoDBConnectionPool
 from .mongodb_session_factory import (
@@ -25,6 +35,9 @@ from .mongodb_session_repository import MongoDBSessionRepository
 
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
+    "AWSHooksUnavailableError",
+    "FeedbackSNSHook",
+    "MetadataSQSHook",
     "MongoDBConnectionPool",
     "MongoDBSessionError",
     "MongoDBSessionManager",
@@ -37,7 +50,12 @@ __all__ = [
     "SessionValidationError",
     "__version__",
     "close_global_factory",
+    "compose_hooks",
+    "create_feedback_sns_hook",
+    "create_metadata_sqs_hook",
     "create_mongodb_session_manager",
     "get_global_factory",
     "initialize_global_factory",
+    "is_feedback_sns_hook_available",
+    "is_metadata_sqs_hook_available",
 ]

@@ -8,10 +8,14 @@ from typing import TYPE_CHECKING, Any
 from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
+from ._documents import AGENT_FIELDS
 from .mongodb_session_repository import MongoDBSessionRepository
 
 if TYPE_CHECKING:
     from strands.multiagent.base import MultiAgentBase
+
+# Fields an update may change (all but the identity and the timestamps).
+_STATE_FIELDS = tuple(name for name in AGENT_FIELDS if name not in ("agent_id", "created_at", "updated_at"))
 
 
 class SnapshotReads(SessionRepository):
@@ -35,8 +39,8 @@ class SnapshotReads(SessionRepository):
         self._session: Session | None = snapshot[0] if snapshot else None
         self._session_served = False
         self._agents: dict[str, SessionAgent] = snapshot[1] if snapshot else {}
-        # What is known to be stored for each agent read or created through this wrapper, so the
-        # manager can tell whether the first sync after initialisation has anything to write.
+        # What is known to be stored for each agent read, created or updated through this wrapper:
+        # the manager compares against it after initialisation, and updates send only what changed.
         self.stored_agents: dict[str, SessionAgent] = {}
 
     def create_session(self, session: Session, **kwargs: Any) -> Session:
@@ -63,7 +67,15 @@ class SnapshotReads(SessionRepository):
 
     def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
         self._agents.pop(session_agent.agent_id, None)
-        self.repository.update_agent(session_id, session_agent, **kwargs)
+        known = self.stored_agents.get(session_agent.agent_id) if session_id == self._session_id else None
+        fields = None
+        if known is not None:
+            fields = [name for name in _STATE_FIELDS if getattr(session_agent, name) != getattr(known, name)]
+            if not fields:
+                return  # what is stored is already this state
+        self.repository.update_agent(session_id, session_agent, fields=fields, **kwargs)
+        if session_id == self._session_id:
+            self.stored_agents[session_agent.agent_id] = copy.deepcopy(session_agent)
 
     def create_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
         self.repository.create_message(session_id, agent_id, session_message, **kwargs)

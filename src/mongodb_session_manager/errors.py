@@ -18,6 +18,7 @@ from __future__ import annotations
 from strands.types.exceptions import SessionException
 
 __all__ = [
+    "AWSHooksUnavailableError",
     "MongoDBSessionError",
     "SessionConflictError",
     "SessionNotFoundError",
@@ -105,3 +106,10 @@ class SessionConflictError(MongoDBSessionError):
 
 class SessionStorageError(MongoDBSessionError):
     """MongoDB could not be reached or refused an operation; chained to the driver's exception."""
+
+
+class AWSHooksUnavailableError(MongoDBSessionError, ImportError):
+    """boto3 is not installed, so an AWS hook cannot build its client.
+
+    Install the extra (``pip install "mongodb-session-manager[aws]"``) or inject a client.
+    """

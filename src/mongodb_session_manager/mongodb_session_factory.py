@@ -114,6 +114,15 @@ class MongoDBSessionManagerFactory:
                 )
             return self._repository
 
+    @property
+    def repository(self) -> MongoDBSessionRepository:
+        """The factory's repository, for reads that must not create a session (a 404 check, listing)."""
+        return self._get_repository()
+
+    def session_exists(self, session_id: str) -> bool:
+        """Whether a session is stored, without creating it (a manager creates any session it is given)."""
+        return self._get_repository().read_session(session_id) is not None
+
     def create_session_manager(self, session_id: str, **overrides: Any) -> MongoDBSessionManager:
         """Create a manager for ``session_id`` on the shared client and repository.
 

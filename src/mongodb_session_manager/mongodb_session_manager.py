@@ -184,7 +184,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         super().initialize(agent, **kwargs)
         from strands.agent.agent import Agent
 
-        stored = self._reads.stored_agents.pop(str(agent.agent_id), None)
+        stored = self._reads.stored_agents.get(str(agent.agent_id))
         if not isinstance(agent, Agent) or stored is None:
             return
         current = SessionAgent.from_agent(agent)

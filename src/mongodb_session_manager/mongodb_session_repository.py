@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Collection as Collection_
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
@@ -400,8 +401,18 @@ class MongoDBSessionRepository(SessionRepository):
         stored = _dig(document, path)
         return document_to_agent(stored, session_id) if stored else None
 
-    def update_agent(self, session_id: str, session_agent: SessionAgent, **kwargs: Any) -> None:
+    def update_agent(
+        self, session_id: str, session_agent: SessionAgent, fields: Collection_[str] | None = None, **kwargs: Any
+    ) -> None:
         """Update an agent's state, keeping its stored ``created_at`` (the one passed in is ignored).
+
+        Args:
+            session_id: The session.
+            session_agent: The agent's new state.
+            fields: Write only these ``SessionAgent`` fields (``updated_at`` always moves); by
+                default all of them. The manager passes the ones that changed, so a turn that only
+                moves the conversation window does not resend a large ``state``.
+            **kwargs: Unused; Strands may add arguments.
 
         Raises:
             SessionNotFoundError: The session or agent does not exist.
@@ -409,8 +420,14 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(session_id, "session_id")
         agent_id = validate_id(session_agent.agent_id, "agent_id")
         path = f"agents.{encode_field_name(agent_id)}"
-        changes = {f"{path}.{name}": value for name, value in agent_to_fields(session_agent).items()}
-        changes.pop(f"{path}.created_at")
+        values = agent_to_fields(session_agent)
+        values.pop("created_at")
+        if fields is not None:
+            unknown = set(fields) - set(values)
+            if unknown:
+                raise SessionValidationError("fields", f"not updatable SessionAgent fields: {sorted(unknown)}")
+            values = {name: value for name, value in values.items() if name in fields or name == "updated_at"}
+        changes: dict[str, Any] = {f"{path}.{name}": value for name, value in values.items()}
         changes["updated_date"] = utc_now()
         with self._errors(session_id, "update agent", "session_agent", changes):
             result = self.collection.update_one({"_id": session_id, path: {"$exists": True}}, {"$set": changes})
@@ -463,7 +480,7 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         stored = _dig(document, path)
         if stored is None:
-            raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
+            raise _missing(session_id, agent_id, document)
         count = stored.get("message_count")
         raise SessionConflictError(
             f"session_id=<{session_id}>, agent_id=<{agent_id}> | cannot append message_id {message_id}: "
@@ -531,7 +548,7 @@ class MongoDBSessionRepository(SessionRepository):
             document = self.collection.find_one({"_id": session_id}, projection)
         stored = _dig(document, path)
         if stored is None:
-            raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
+            raise _missing(session_id, agent_id, document)
         entries = stored.get("messages") or []
         return [entry_to_message(entry, session_id, agent_id, offset + i) for i, entry in enumerate(entries)]
 
@@ -652,7 +669,7 @@ class MongoDBSessionRepository(SessionRepository):
             )
         stored = _dig(document, path)
         if stored is None:
-            raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
+            raise _missing(session_id, agent_id, document)
         return [
             {"message_id": entry.get("message_id"), "event_loop_metrics": entry["event_loop_metrics"]}
             for entry in stored.get("messages") or []
@@ -820,6 +837,13 @@ class MongoDBSessionRepository(SessionRepository):
             }
             for doc in documents
         ]
+
+
+def _missing(session_id: str, agent_id: str, document: dict[str, Any] | None) -> SessionNotFoundError:
+    """The not-found error for an agent lookup: say whether the session or only the agent is missing."""
+    if document is None:
+        return SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+    return SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
 
 
 def _dig(document: dict[str, Any] | None, path: str) -> Any:
