@@ -44,6 +44,7 @@ from pymongo.monitoring import (
     PoolClosedEvent,
     PoolCreatedEvent,
 )
+from pymongo.uri_parser import parse_uri
 
 from ._secrets import redact_uri, scrub, uri_secrets
 from ._version import __version__
@@ -166,6 +167,20 @@ def _uri_option_names(connection_string: str) -> set[str]:
     return names
 
 
+def _uri_parses(connection_string: str) -> bool:
+    """Whether a plain ``mongodb://`` string parses on its own (used only to word an error).
+
+    ``mongodb+srv://`` strings are not checked: parsing them resolves DNS.
+    """
+    if not connection_string.startswith("mongodb://"):
+        return True
+    try:
+        parse_uri(connection_string)
+    except (PyMongoError, ValueError, TypeError):
+        return False
+    return True
+
+
 def resolve_client_options(connection_string: str, client_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Merge our defaults under the caller's options.
 
@@ -223,7 +238,7 @@ class _ManagedClient:
             failure = (type(e), scrub(f"{type(e).__name__}: {e}", self._secrets))
         if failure is not None:
             kind, message = failure
-            if issubclass(kind, InvalidURI):
+            if issubclass(kind, InvalidURI) or not _uri_parses(self._connection_string):
                 raise SessionValidationError("connection_string", message)
             if issubclass(kind, ConfigurationError | TypeError | ValueError):
                 raise SessionValidationError("client_kwargs", message)
