@@ -85,9 +85,19 @@ def validate_id(value: Any, field: str) -> str:
         raise SessionValidationError(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
     if "\x00" in value:
         raise SessionValidationError(field, "id cannot contain NUL characters", value.replace("\x00", "\\x00"))
+    if not _is_utf8(value):
+        raise SessionValidationError(field, "id must be valid UTF-8 text (no lone surrogates)", ascii(value))
     if "/" in value or "\\" in value:
         raise SessionValidationError(field, "id cannot contain path separators", value)
     return value
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_message_id(value: Any) -> int:
@@ -228,6 +238,8 @@ def validate_metadata_key(key: Any) -> str:
         raise SessionValidationError("metadata key", "must not contain '.'", key)
     if "\x00" in key:
         raise SessionValidationError("metadata key", "must not contain NUL characters", key.replace("\x00", "\\x00"))
+    if not _is_utf8(key):
+        raise SessionValidationError("metadata key", "must be valid UTF-8 text (no lone surrogates)", ascii(key))
     if len(key) > MAX_METADATA_KEY_LENGTH:
         raise SessionValidationError("metadata key", f"must be at most {MAX_METADATA_KEY_LENGTH} characters", key)
     return key
@@ -261,7 +273,7 @@ def ensure_encodable(value: Any, field: str) -> None:
     """Raise a clear error if ``value`` cannot be stored as BSON."""
     try:
         bson.encode({"v": value})
-    except (InvalidDocument, InvalidStringData, OverflowError, TypeError) as e:
+    except (InvalidDocument, InvalidStringData, OverflowError, TypeError, ValueError) as e:
         raise SessionValidationError(field, f"cannot be stored in MongoDB: {e}") from e
 
 
@@ -285,6 +297,8 @@ def validate_feedback(feedback: Any) -> dict[str, Any]:
     comment = feedback.get("comment", "")
     if not isinstance(comment, str):
         raise SessionValidationError("feedback.comment", f"must be a string, got {type(comment).__name__}")
+    if not _is_utf8(comment):
+        raise SessionValidationError("feedback.comment", "must be valid UTF-8 text (no lone surrogates)")
     if len(comment) > MAX_FEEDBACK_COMMENT_LENGTH:
         raise SessionValidationError(
             "feedback.comment", f"must be at most {MAX_FEEDBACK_COMMENT_LENGTH} characters, got {len(comment)}"

@@ -9,6 +9,7 @@ from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
 from ._documents import AGENT_FIELDS
+from .errors import SessionConflictError
 from .mongodb_session_repository import MongoDBSessionRepository
 
 if TYPE_CHECKING:
@@ -42,9 +43,19 @@ class SnapshotReads(SessionRepository):
         # What is known to be stored for each agent read, created or updated through this wrapper:
         # the manager compares against it after initialisation, and updates send only what changed.
         self.stored_agents: dict[str, SessionAgent] = {}
+        self.created_concurrently: Session | None = None
 
     def create_session(self, session: Session, **kwargs: Any) -> Session:
-        return self.repository.create_session(session, **kwargs)
+        try:
+            return self.repository.create_session(session, **kwargs)
+        except SessionConflictError:
+            # Another request created this session between our read and our insert (two first
+            # requests for a new id). Use the stored one; the manager then restores from it.
+            existing = self.repository.read_session(session.session_id)
+            if existing is None:
+                raise
+            self.created_concurrently = existing
+            return existing
 
     def read_session(self, session_id: str, **kwargs: Any) -> Session | None:
         if session_id == self._session_id and not self._session_served:

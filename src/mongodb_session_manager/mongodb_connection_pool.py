@@ -92,6 +92,7 @@ class _PoolMonitor(CommandListener, ConnectionPoolListener):
         )
         self.peak_open = 0
         self.peak_checked_out = 0
+        self._checked_out: set[tuple[Any, int]] = set()
 
     def _add(self, name: str, delta: int = 1) -> None:
         with self._lock:
@@ -138,6 +139,9 @@ class _PoolMonitor(CommandListener, ConnectionPoolListener):
         pass
 
     def connection_closed(self, event: ConnectionClosedEvent) -> None:
+        with self._lock:
+            self._checked_out.discard((event.address, event.connection_id))
+            self.counters["connections_checked_out"] = len(self._checked_out)
         self._add("connections_closed")
 
     def connection_check_out_started(self, event: ConnectionCheckOutStartedEvent) -> None:
@@ -146,12 +150,18 @@ class _PoolMonitor(CommandListener, ConnectionPoolListener):
     def connection_check_out_failed(self, event: ConnectionCheckOutFailedEvent) -> None:
         self._add("checkout_failures")
 
+    # pymongo publishes "checked in" after the connection is back in the pool, so another thread's
+    # "checked out" for the same connection can arrive first: track connections, not a counter.
     def connection_checked_out(self, event: ConnectionCheckedOutEvent) -> None:
+        with self._lock:
+            self._checked_out.add((event.address, event.connection_id))
+            self.counters["connections_checked_out"] = len(self._checked_out)
         self._add("checkouts")
-        self._add("connections_checked_out")
 
     def connection_checked_in(self, event: ConnectionCheckedInEvent) -> None:
-        self._add("connections_checked_out", -1)
+        with self._lock:
+            self._checked_out.discard((event.address, event.connection_id))
+            self.counters["connections_checked_out"] = len(self._checked_out)
 
 
 def _uri_option_names(connection_string: str) -> set[str]:

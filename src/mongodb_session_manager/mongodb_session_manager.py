@@ -139,6 +139,11 @@ class MongoDBSessionManager(RepositorySessionManager):
             # read_agent calls are then served from it (see SnapshotReads).
             self._reads = reads = SnapshotReads(session_repository, session_id)
             super().__init__(session_id=session_id, session_repository=reads, **parent_kwargs)
+            if reads.created_concurrently is not None:
+                # The session appeared while we were creating it: treat it as an existing one, so
+                # agents are restored from it instead of being created over it.
+                self.session = reads.created_concurrently
+                self._is_new_session = False
         except BaseException:
             if self._owns_repository:
                 session_repository.close()
@@ -224,13 +229,25 @@ class MongoDBSessionManager(RepositorySessionManager):
 
         The metrics travel in the same MongoDB command as the message (no extra write).
         """
+        key = str(agent.agent_id)
         metrics = self._final_message_metrics(message, agent)
-        if metrics is None:
-            super().append_message(message, agent, **kwargs)
-            return
-        with stored_with_message(message, {"event_loop_metrics": metrics}):
-            super().append_message(message, agent, **kwargs)
-        self._metrics_pending.pop(str(agent.agent_id), None)
+        # Strands advances its record of the latest message before the write; if the write is
+        # refused (too large, unencodable, conflict) put it back, so the next append reuses the id
+        # instead of leaving a hole that would make every later append a conflict.
+        previous = self._latest_agent_message.get(key)
+        held = len(self._held_records.get(key, []))
+        try:
+            if metrics is None:
+                super().append_message(message, agent, **kwargs)
+            else:
+                with stored_with_message(message, {"event_loop_metrics": metrics}):
+                    super().append_message(message, agent, **kwargs)
+        except Exception:
+            self._latest_agent_message[key] = previous
+            del self._held_records.get(key, [])[held:]
+            raise
+        if metrics is not None:
+            self._metrics_pending.pop(key, None)
 
     def _final_message_metrics(self, message: Message, agent: LocalAgent) -> dict[str, Any] | None:
         """Metrics for ``message`` if it ends the agent's current turn, else ``None``."""

@@ -49,6 +49,7 @@ from ._documents import (
     validate_metadata_keys,
 )
 from .errors import (
+    MongoDBSessionError,
     SessionConflictError,
     SessionNotFoundError,
     SessionStorageError,
@@ -260,9 +261,13 @@ class MongoDBSessionRepository(SessionRepository):
         """Translate driver exceptions into ours, chained with ``from``."""
         try:
             yield
+        except MongoDBSessionError:
+            raise
         except DocumentTooLarge as e:  # a subclass of InvalidDocument: test it first
             raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
-        except (InvalidDocument, InvalidStringData, OverflowError) as e:
+        except (InvalidDocument, InvalidStringData, OverflowError, ValueError) as e:
+            # ValueError: text that is not valid UTF-8 (lone surrogates), a uuid.UUID without a
+            # configured representation, and other values bson refuses.
             raise SessionValidationError(field, f"cannot be stored in MongoDB ({operation}): {e}") from e
         except OperationFailure as e:
             if e.code in _TOO_LARGE_CODES:
@@ -708,7 +713,7 @@ class MongoDBSessionRepository(SessionRepository):
             document = self.collection.find_one({"_id": session_id}, {"metadata": 1})
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
-        metadata: dict[str, Any] = document.get("metadata") or {}
+        metadata: dict[str, Any] = _aware_all(document.get("metadata") or {})
         return metadata
 
     def delete_metadata(self, session_id: str, keys: list[str]) -> None:
@@ -861,6 +866,15 @@ def _aware(value: Any) -> Any:
     if isinstance(value, datetime) and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _aware_all(value: Any) -> Any:
+    """:func:`_aware` applied throughout a decoded document."""
+    if isinstance(value, dict):
+        return {key: _aware_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_aware_all(item) for item in value]
+    return _aware(value)
 
 
 def _feedback_entry(entry: dict[str, Any]) -> dict[str, Any]:
