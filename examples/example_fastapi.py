@@ -196,9 +196,7 @@ def create_app(connection_string: str | None = None, database: str | None = None
             factory = initialize_global_factory(
                 uri, database_name=database or database_name(), collection_name=COLLECTION, maxPoolSize=100
             )
-            app.state.sessions = MongoDBSessionRepository(
-                client=factory.client, database_name=factory.database_name, collection_name=factory.collection_name
-            )
+            app.state.sessions = factory.repository  # reads that must not create a session (404s)
             app.state.model = model if model is not None else demo_model()  # one model for all requests
             try:
                 yield

@@ -45,7 +45,6 @@ from strands.models.model import Model
 
 from mongodb_session_manager import (
     MongoDBSessionManager,
-    MongoDBSessionRepository,
     SessionNotFoundError,
     SessionStorageError,
     SessionValidationError,
@@ -120,9 +119,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         factory = initialize_global_factory(connection_string, database_name, collection_name)
         # For existence checks: a manager cannot do them, it creates the session it is given.
-        app.state.sessions = MongoDBSessionRepository(
-            client=factory.client, database_name=database_name, collection_name=collection_name
-        )
+        app.state.sessions = factory.repository  # reads that must not create a session (404s)
         try:
             yield
         finally:
