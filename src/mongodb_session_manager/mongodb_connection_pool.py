@@ -17,6 +17,7 @@ rebuild their client in a child process after ``fork`` and never reveal the conn
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -519,6 +520,17 @@ def _after_fork_in_child() -> None:
     for managed, _count in _shared.values():
         managed.after_fork_in_child()
 
+
+def _close_shared_clients_at_exit() -> None:
+    """Close the shared clients still held at interpreter exit (managers are rarely closed)."""
+    with _shared_lock:
+        entries = list(_shared.values())
+        _shared.clear()
+    for managed, _count in entries:
+        managed.close()
+
+
+atexit.register(_close_shared_clients_at_exit)
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
