@@ -152,6 +152,13 @@ def test_factory_close_releases_its_client_and_stops_creating_managers(mongodb_u
         manager.get_metadata()
 
 
+def test_session_exists_reads_without_creating(factory: MongoDBSessionManagerFactory) -> None:
+    assert factory.session_exists("nobody") is False
+    assert factory.repository.read_session("nobody") is None  # asking created nothing
+    factory.create_session_manager("somebody")
+    assert factory.session_exists("somebody") is True
+
+
 def test_factory_refuses_client_options_per_manager(factory: MongoDBSessionManagerFactory) -> None:
     with pytest.raises(MongoDBSessionError):
         factory.create_session_manager("s", maxPoolSize=3)
