@@ -8,6 +8,12 @@ one MongoDB command on the hot path:
 * reading messages uses ``$slice`` projections, so only the requested messages travel;
 * updating (redacting) a message uses ``array_filters``, so the array is never read;
 * reading a session or an agent projects away the message arrays.
+
+Nothing has to fit in 16 MB, though. Binary values above ``binary_offload_bytes`` are stored in a
+companion collection and referenced from the message; when the session document nears
+``overflow_threshold_bytes`` the oldest messages move, in order, into bucket documents of that
+collection (see :mod:`mongodb_session_manager._overflow`). Short sessions never touch it: their
+reads and writes are the single commands above.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ import threading
 from collections.abc import Collection as Collection_
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
+from bson.objectid import ObjectId
 from pymongo import ASCENDING, MongoClient, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.errors import DocumentTooLarge, DuplicateKeyError, InvalidName, OperationFailure, PyMongoError
@@ -47,6 +55,17 @@ from ._documents import (
     validate_metadata,
     validate_metadata_key,
     validate_metadata_keys,
+)
+from ._overflow import (
+    BlobRef,
+    assemble_blob,
+    chunk_documents,
+    entry_size,
+    find_references,
+    offload_binaries,
+    plan_moves,
+    restore_binaries,
+    split_into_buckets,
 )
 from .errors import (
     MongoDBSessionError,
@@ -75,8 +94,22 @@ _TOO_LARGE_CODES = frozenset({10334, 17419, 17420, 13548})
 # $slice needs a positive count; this stands for "all the rest".
 _SLICE_ALL = 2**31 - 1
 
+#: Binary values larger than this many bytes are stored outside the session document by default.
+DEFAULT_BINARY_OFFLOAD_BYTES = 256 * 1024
+#: Session document size at which the oldest messages start moving out, by default.
+DEFAULT_OVERFLOW_THRESHOLD_BYTES = 4 * 1024 * 1024
+# Limits accepted for the two settings above.
+_MIN_OVERFLOW_THRESHOLD = 16 * 1024
+_MAX_OVERFLOW_THRESHOLD = 12 * 1024 * 1024
+# Largest stored message entry (after binaries moved out): what fits in a document with room to spare.
+MAX_MESSAGE_BYTES = MAX_DOCUMENT_SIZE - 16 * 1024
+# Times a move of old messages is retried when another writer changed the agent meanwhile.
+_MOVE_ATTEMPTS = 5
+
 _index_lock = threading.Lock()
-_indexed_collections: set[tuple[Any, ...]] = set()
+# (deployment, database, collection, configured TTL) -> TTL in force on the collection (or None).
+_indexed_collections: dict[tuple[Any, ...], int | None] = {}
+_overflow_indexed: set[tuple[Any, ...]] = set()
 
 # Fields to store beside the next appended message (see ``stored_with_message``). A context
 # variable, so concurrent threads and asyncio tasks sharing one repository never mix them up.
@@ -119,7 +152,15 @@ class MongoDBSessionRepository(SessionRepository):
         session_ttl: Optional expiry: sessions with no write for this long (seconds or a
             ``timedelta``) are deleted by MongoDB itself, whole, through a TTL index on
             ``updated_date``. MongoDB's TTL monitor runs about once a minute, so expiry is not
-            instant. ``None`` (the default) keeps sessions forever.
+            instant. ``None`` (the default) keeps sessions forever. What a session stores outside
+            its document (below) expires with it.
+        binary_offload_bytes: Binary values inside messages (images, documents) larger than this
+            are stored in the overflow collection and referenced from the message; they come back
+            as the same ``bytes``. Default 256 KiB.
+        overflow_threshold_bytes: When the session document would grow past this size, its oldest
+            messages move, in order, into the overflow collection, so no conversation ever meets
+            MongoDB's 16 MB document limit. Default 4 MiB (16 KiB to 12 MiB).
+        overflow_collection_name: The companion collection; default ``"<collection_name>_overflow"``.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
     If neither ``client`` nor ``connection_string`` is given, the client of an initialised
@@ -139,10 +180,31 @@ class MongoDBSessionRepository(SessionRepository):
         collection_name: str = DEFAULT_COLLECTION_NAME,
         client: MongoClient[Any] | None = None,
         session_ttl: float | timedelta | None = None,
+        binary_offload_bytes: int = DEFAULT_BINARY_OFFLOAD_BYTES,
+        overflow_threshold_bytes: int = DEFAULT_OVERFLOW_THRESHOLD_BYTES,
+        overflow_collection_name: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the repository; see the class docstring for the arguments."""
         self.session_ttl_seconds = _ttl_seconds(session_ttl)
+        self.binary_offload_bytes = _bounded_int(
+            binary_offload_bytes, "binary_offload_bytes", 1, MAX_MESSAGE_BYTES, DEFAULT_BINARY_OFFLOAD_BYTES
+        )
+        self.overflow_threshold_bytes = _bounded_int(
+            overflow_threshold_bytes,
+            "overflow_threshold_bytes",
+            _MIN_OVERFLOW_THRESHOLD,
+            _MAX_OVERFLOW_THRESHOLD,
+            DEFAULT_OVERFLOW_THRESHOLD_BYTES,
+        )
+        if overflow_collection_name is None and isinstance(collection_name, str):
+            overflow_collection_name = f"{collection_name}_overflow"
+        if not isinstance(overflow_collection_name, str) or not overflow_collection_name:
+            raise SessionValidationError("overflow_collection_name", "must be a non-empty string")
+        if overflow_collection_name == collection_name:
+            raise SessionValidationError(
+                "overflow_collection_name", "must differ from collection_name", overflow_collection_name
+            )
         if not isinstance(database_name, str) or not database_name:
             raise SessionValidationError("database_name", "must be a non-empty string")
         if not isinstance(collection_name, str) or not collection_name:
@@ -167,13 +229,20 @@ class MongoDBSessionRepository(SessionRepository):
             self._client = pooled
         self.database_name = database_name
         self.collection_name = collection_name
+        self.overflow_collection_name = overflow_collection_name
         self._closed = False
+        # TTL in force on the collection, which what a session stores outside its document must follow.
+        self._expiry_seconds: int | None = self.session_ttl_seconds
         try:
             try:
                 self.collection: Collection[dict[str, Any]] = self._client[database_name][collection_name]
             except InvalidName as e:
                 field = "database_name" if _is_bad_database_name(database_name) else "collection_name"
                 raise SessionValidationError(field, str(e)) from e
+            try:
+                self.overflow: Collection[dict[str, Any]] = self._client[database_name][overflow_collection_name]
+            except InvalidName as e:
+                raise SessionValidationError("overflow_collection_name", str(e)) from e
             self.ensure_indexes()
         except BaseException:
             self.close()  # the caller gets no object to close: let go of the shared client now
@@ -215,18 +284,24 @@ class MongoDBSessionRepository(SessionRepository):
         """Create the collection's indexes, once per collection per process."""
         key = (_client_identity(self._client), self.database_name, self.collection_name, self.session_ttl_seconds)
         if key in _indexed_collections:
+            self._expiry_seconds = _indexed_collections[key]
             return
         with _index_lock:
             if key in _indexed_collections:
+                self._expiry_seconds = _indexed_collections[key]
                 return
             with self._errors("-", "create indexes"):
                 self.collection.create_index([("created_date", ASCENDING)], name="created_date_1")
-                self._ensure_activity_index()
-            _indexed_collections.add(key)
+                self._expiry_seconds = self._ensure_activity_index()
+            _indexed_collections[key] = self._expiry_seconds
             logger.debug("database=<%s>, collection=<%s> | indexes ensured", self.database_name, self.collection_name)
 
-    def _ensure_activity_index(self) -> None:
-        """Index ``updated_date``; with a TTL when ``session_ttl`` is set (changed in place if it differs)."""
+    def _ensure_activity_index(self) -> int | None:
+        """Index ``updated_date``; with a TTL when ``session_ttl`` is set (changed in place if it differs).
+
+        Returns:
+            The TTL in force on the collection, in seconds (``None``: sessions never expire).
+        """
         if self.session_ttl_seconds is None:
             try:
                 self.collection.create_index([("updated_date", ASCENDING)], name="updated_date_1")
@@ -234,8 +309,12 @@ class MongoDBSessionRepository(SessionRepository):
                 if e.code not in (85, 86):
                     raise
                 # The index exists with a TTL set by another configuration: keep it. Turning expiry
-                # off is a deliberate act (collMod), not a side effect of omitting session_ttl.
-            return
+                # off is a deliberate act (collMod), not a side effect of omitting session_ttl. What
+                # this repository stores outside session documents must then expire with them.
+                for spec in self.collection.list_indexes():
+                    if dict(spec.get("key", {})) == {"updated_date": 1} and "expireAfterSeconds" in spec:
+                        return int(spec["expireAfterSeconds"])
+            return None
         try:
             self.collection.create_index(
                 [("updated_date", ASCENDING)], name="updated_date_1", expireAfterSeconds=self.session_ttl_seconds
@@ -248,11 +327,30 @@ class MongoDBSessionRepository(SessionRepository):
                 self.collection_name,
                 index={"keyPattern": {"updated_date": 1}, "expireAfterSeconds": self.session_ttl_seconds},
             )
+            # Overflow documents carry their own expiry dates, computed from the old TTL: move them
+            # all to one that outlives any session under the new TTL (see _extend_companions).
+            until = self._companions_expiry(self.session_ttl_seconds)
+            self.overflow.update_many({}, {"$set": {"expire_at": until}})
+            self.collection.update_many({"companions": True}, {"$set": {"companions_until": until}})
             logger.info(
                 "collection=<%s>, ttl_seconds=<%s> | session expiry changed",
                 self.collection_name,
                 self.session_ttl_seconds,
             )
+        return self.session_ttl_seconds
+
+    def _ensure_overflow_indexes(self) -> None:
+        """Index the overflow collection (by session, and its expiry), once per process, before its first write."""
+        key = (_client_identity(self._client), self.database_name, self.overflow_collection_name)
+        if key in _overflow_indexed:
+            return
+        with _index_lock:
+            if key in _overflow_indexed:
+                return
+            with self._errors("-", "create overflow indexes"):
+                self.overflow.create_index([("session_id", ASCENDING)], name="session_id_1")
+                self.overflow.create_index([("expire_at", ASCENDING)], name="expire_at_1", expireAfterSeconds=0)
+            _overflow_indexed.add(key)
 
     # ------------------------------------------------------------------ errors
 
@@ -275,6 +373,514 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionStorageError(f"session_id=<{session_id}> | {operation} failed: {e}") from e
         except PyMongoError as e:
             raise SessionStorageError(f"session_id=<{session_id}> | {operation} failed: {e}") from e
+
+    # ------------------------------------------------------------------ storage outside the document
+
+    def _companions_expiry(self, ttl: int | None = None) -> datetime | None:
+        """Expiry date for overflow documents written now: they outlive their session by a margin.
+
+        A session expires ``ttl`` after its last write. Its overflow documents carry their own
+        ``expire_at`` (TTL index, ``expireAfterSeconds=0``), set to ``now + ttl + 3 * margin``, and
+        the session records the earliest of them in ``companions_until``. Every write to the
+        session requires ``companions_until >= now + ttl + margin`` (a filter condition, so it costs
+        nothing while it holds); when it fails they are all pushed forward first. Overflow documents
+        therefore never expire before their session, and linger at most ``3 * margin`` after it.
+        """
+        ttl = self._expiry_seconds if ttl is None else ttl
+        if ttl is None:
+            return None
+        return utc_now() + timedelta(seconds=ttl + 3 * _expiry_margin(ttl))
+
+    def _companions_deadline(self) -> datetime | None:
+        if self._expiry_seconds is None:
+            return None
+        return utc_now() + timedelta(seconds=self._expiry_seconds + _expiry_margin(self._expiry_seconds))
+
+    def _mark_companions(self, session_id: str, expire_at: datetime | None) -> None:
+        """Record on the session, before writing overflow documents, that it has some (and their expiry)."""
+        update: dict[str, Any] = {"$set": {"companions": True}}
+        if expire_at is not None:
+            update["$min"] = {"companions_until": expire_at}
+        with self._errors(session_id, "prepare overflow storage"):
+            self.collection.update_one({"_id": session_id}, update)
+        self._ensure_overflow_indexes()
+
+    def _extend_companions(self, session_id: str) -> None:
+        """Push the expiry of a session's overflow documents forward (an active session keeps them)."""
+        until = self._companions_expiry()
+        with self._errors(session_id, "extend overflow expiry"):
+            self.overflow.update_many({"session_id": session_id}, {"$max": {"expire_at": until}})
+            self.collection.update_one({"_id": session_id}, {"$max": {"companions_until": until}})
+        logger.debug("session_id=<%s> | overflow expiry extended", session_id)
+
+    def _write_session(
+        self,
+        session_id: str,
+        query: dict[str, Any],
+        update: Any,
+        *,
+        operation: str,
+        field: str = "value",
+        payload: Any = None,
+        array_filters: list[dict[str, Any]] | None = None,
+        size_limit: int | None = None,
+        returning: dict[str, Any] | None = None,
+        return_document: bool = ReturnDocument.AFTER,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """One update of the session document, keeping what is stored outside it consistent.
+
+        Two conditions ride in the filter and cost nothing while they hold: the session's overflow
+        documents must not expire before it (when sessions expire), and, for appends
+        (``size_limit``), the document must stay under the overflow threshold. When the update
+        matches nothing, one read tells whether a condition was the reason; the remedy (extend the
+        expiry, move old messages out) runs and the update is retried. A write the server refuses
+        as too large is retried once after moving old messages out.
+
+        Returns:
+            ``(matched, document)``; ``document`` is the ``returning`` projection of the document
+            (before or after, per ``return_document``) when ``returning`` is given.
+        """
+        extended = compacted = False
+        while True:
+            filter_ = dict(query)
+            deadline = self._companions_deadline()
+            if deadline is not None:
+                filter_["companions_until"] = {"$not": {"$lt": deadline}}
+            if size_limit is not None and not compacted:
+                filter_["$expr"] = {"$lte": [{"$bsonSize": "$$ROOT"}, size_limit]}
+            try:
+                with self._errors(session_id, operation, field, payload):
+                    if returning is None:
+                        result = self.collection.update_one(filter_, update, array_filters=array_filters)
+                        matched, document = result.matched_count > 0, None
+                    else:
+                        document = self.collection.find_one_and_update(
+                            filter_,
+                            update,
+                            projection=returning,
+                            array_filters=array_filters,
+                            return_document=return_document,
+                        )
+                        matched = document is not None
+            except SessionTooLargeError as e:
+                if compacted or isinstance(e.__cause__, DocumentTooLarge) or not self._move_old_messages(session_id):
+                    raise
+                compacted = True
+                continue
+            if matched:
+                return True, document
+            if (deadline is None or extended) and (size_limit is None or compacted):
+                return False, None
+            state = self._storage_state(session_id)
+            if state is None:
+                return False, None
+            retry = False
+            stale = state.companions_until is not None and _aware(state.companions_until) < deadline
+            if deadline is not None and not extended and stale:
+                self._extend_companions(session_id)
+                extended = retry = True
+            if size_limit is not None and not compacted and state.size > size_limit:
+                self._move_old_messages(session_id)
+                compacted = retry = True  # retried without the size condition: it may not fit below it
+            if not retry:
+                return False, None
+
+    def _storage_state(self, session_id: str) -> _StorageState | None:
+        """The session document's size and overflow expiry (one small aggregate), ``None`` if absent."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": session_id}},
+            {"$project": {"_id": 0, "size": {"$bsonSize": "$$ROOT"}, "companions_until": 1}},
+        ]
+        with self._errors(session_id, "read session size"):
+            documents = list(self.collection.aggregate(pipeline))
+        if not documents:
+            return None
+        return _StorageState(int(documents[0]["size"]), documents[0].get("companions_until"))
+
+    def _move_old_messages(self, session_id: str) -> bool:
+        """Move the oldest messages out of the session document until it is at half the threshold.
+
+        Copy, then commit: the messages are read, written into new bucket documents, and only then
+        removed from the session document, by one update that also records the buckets. That
+        update matches only if no other writer moved or edited the agents' resident messages in
+        the meantime (``overflow_count`` and ``edits`` unchanged); otherwise its buckets are
+        deleted and the move is planned again. Appends never conflict with it: they add at the
+        end, the move removes from the front.
+
+        Returns:
+            True if the document is now at or below the target (by this move or another writer's).
+
+        Raises:
+            SessionConflictError: Other writers kept changing the agents' messages.
+        """
+        target = self.overflow_threshold_bytes // 2
+        for _attempt in range(_MOVE_ATTEMPTS):
+            layout = self._message_layout(session_id)
+            if layout is None:
+                return False
+            size, resident_sizes = layout
+            if size <= target:
+                return True
+            plan = plan_moves(resident_sizes, size - target)
+            if not plan:
+                return False
+            projection: dict[str, Any] = {}
+            for key, count in plan.items():
+                projection[f"agents.{key}.messages"] = {"$slice": [0, count]}
+                projection[f"agents.{key}.agent_id"] = 1
+                projection[f"agents.{key}.overflow_count"] = 1
+                projection[f"agents.{key}.edits"] = 1
+            with self._errors(session_id, "read messages to move"):
+                document = self.collection.find_one({"_id": session_id}, projection)
+            if document is None:
+                return False
+            expire_at = self._companions_expiry()
+            self._mark_companions(session_id, expire_at)
+            buckets: list[dict[str, Any]] = []
+            condition: dict[str, Any] = {"_id": session_id}
+            update: dict[str, Any] = {"$pull": {}, "$inc": {}, "$push": {}}
+            for key in plan:
+                stored = document["agents"][key]
+                moved_before = int(stored.get("overflow_count") or 0)
+                edits = int(stored.get("edits") or 0)
+                entries = stored.get("messages") or []
+                for index, entry in enumerate(entries):
+                    if entry.get("message_id") != moved_before + index:
+                        raise SessionStorageError(
+                            f"session_id=<{session_id}>, agent_id=<{stored.get('agent_id')}> | stored history is "
+                            f"not contiguous at message_id {moved_before + index}"
+                        )
+                descriptors = []
+                sizes = [entry_size(entry) for entry in entries]
+                for start, count in split_into_buckets(sizes):
+                    bucket: dict[str, Any] = {
+                        "_id": ObjectId(),
+                        "kind": "messages",
+                        "session_id": session_id,
+                        "agent_id": stored.get("agent_id"),
+                        "first": moved_before + start,
+                        "count": count,
+                        "messages": entries[start : start + count],
+                    }
+                    if expire_at is not None:
+                        bucket["expire_at"] = expire_at
+                    buckets.append(bucket)
+                    descriptors.append({"id": bucket["_id"], "first": bucket["first"], "count": count})
+                path = f"agents.{key}"
+                condition[f"{path}.overflow_count"] = moved_before if moved_before else {"$exists": False}
+                condition[f"{path}.edits"] = edits if edits else {"$exists": False}
+                update["$pull"][f"{path}.messages"] = {"message_id": {"$lt": moved_before + len(entries)}}
+                update["$inc"][f"{path}.overflow_count"] = len(entries)
+                update["$push"][f"{path}.overflow"] = {"$each": descriptors}
+            if not buckets:
+                return False
+            with self._errors(session_id, "move messages out"):
+                self.overflow.insert_many(buckets, ordered=True)
+                result = self.collection.update_one(condition, update)
+            if result.matched_count:
+                logger.debug(
+                    "session_id=<%s>, moved=<%s>, buckets=<%d> | old messages moved to overflow storage",
+                    session_id,
+                    {key: count for key, count in update["$inc"].items()},
+                    len(buckets),
+                )
+                return True
+            # Another writer moved or edited these messages first: ours are copies nobody refers to.
+            with self._errors(session_id, "discard unused buckets"):
+                self.overflow.delete_many({"_id": {"$in": [bucket["_id"] for bucket in buckets]}})
+        raise SessionConflictError(
+            f"session_id=<{session_id}> | could not move old messages out: other writers kept changing them"
+        )
+
+    def _message_layout(self, session_id: str) -> tuple[int, dict[str, list[int]]] | None:
+        """The document's size and the size of each agent's resident messages, oldest first."""
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": session_id}},
+            {
+                "$project": {
+                    "_id": 0,
+                    "size": {"$bsonSize": "$$ROOT"},
+                    "agents": {
+                        "$map": {
+                            "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                            "as": "agent",
+                            "in": {
+                                "k": "$$agent.k",
+                                "sizes": {
+                                    "$map": {
+                                        "input": {"$ifNull": ["$$agent.v.messages", []]},
+                                        "as": "entry",
+                                        "in": {"$bsonSize": "$$entry"},
+                                    }
+                                },
+                            },
+                        }
+                    },
+                }
+            },
+        ]
+        with self._errors(session_id, "read message sizes"):
+            documents = list(self.collection.aggregate(pipeline))
+        if not documents:
+            return None
+        agents = {agent["k"]: list(agent["sizes"]) for agent in documents[0].get("agents") or []}
+        return int(documents[0]["size"]), agents
+
+    def _store_blobs(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> None:
+        """Write offloaded binary values (before the message that refers to them)."""
+        expire_at = self._companions_expiry()
+        self._mark_companions(session_id, expire_at)
+        documents = [doc for ref, data in blobs for doc in chunk_documents(session_id, ref, data, expire_at)]
+        with self._errors(session_id, "store binary content"):
+            self.overflow.insert_many(documents, ordered=True)
+        logger.debug("session_id=<%s>, values=<%d> | binary content stored outside the session", session_id, len(blobs))
+
+    def _discard_blobs(self, session_id: str, refs: list[BlobRef]) -> None:
+        """Delete offloaded values nothing refers to any more."""
+        if not refs:
+            return
+        with self._errors(session_id, "delete binary content"):
+            self.overflow.delete_many({"_id": {"$in": [chunk for ref in refs for chunk in ref.chunk_ids()]}})
+
+    def _discard_unreferenced(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> None:
+        """After a write that certainly did not happen: delete the values stored for it.
+
+        A failure here is logged, not raised: the caller is already raising the reason the write
+        failed, and the values are removed with the session in any case.
+        """
+        try:
+            self._discard_blobs(session_id, [ref for ref, _ in blobs])
+        except MongoDBSessionError as e:
+            logger.warning("session_id=<%s> | could not delete unused binary content: %s", session_id, e)
+
+    def _restore_blobs(self, session_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Put offloaded binary values back into message entries (one read for all of them)."""
+        refs = find_references(entries)
+        if not refs:
+            return entries
+        chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
+        with self._errors(session_id, "read binary content"):
+            chunks = {
+                (doc["_id"]["b"], doc["_id"]["n"]): bytes(doc["data"])
+                for doc in self.overflow.find({"_id": {"$in": chunk_ids}}, {"data": 1})
+            }
+        values: dict[ObjectId, bytes] = {}
+
+        def lookup(ref: BlobRef) -> bytes:
+            if ref.blob_id not in values:
+                parts = {n: chunks[(ref.blob_id, n)] for n in range(ref.chunk_count) if (ref.blob_id, n) in chunks}
+                values[ref.blob_id] = assemble_blob(ref, parts, session_id)
+            return values[ref.blob_id]
+
+        restored: list[dict[str, Any]] = restore_binaries(entries, lookup)
+        return restored
+
+    def _offload(self, session_id: str, entry: dict[str, Any], operation: str) -> list[tuple[BlobRef, bytes]]:
+        """Move large binaries of a message entry out (in place) and check what is left fits."""
+        blobs: list[tuple[BlobRef, bytes]] = []
+        for name in ("message", "redact_message"):
+            if entry.get(name) is not None:
+                entry[name], found = offload_binaries(entry[name], self.binary_offload_bytes, name)
+                blobs.extend(found)
+        if blobs:
+            # The references again, beside the message: what to delete when it is replaced.
+            entry["blobs"] = [ref.to_binary() for ref, _ in blobs]
+        try:
+            size = entry_size(entry)
+        except (InvalidDocument, InvalidStringData, OverflowError, ValueError) as e:
+            raise SessionValidationError("session_message", f"cannot be stored in MongoDB ({operation}): {e}") from e
+        if size > MAX_MESSAGE_BYTES:
+            raise SessionTooLargeError(
+                session_id, size, MAX_DOCUMENT_SIZE, f"{operation}: one message, after its binaries moved out"
+            )
+        return blobs
+
+    def _read_entries(
+        self, session_id: str, agent_id: str, offset: int, limit: int | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Read stored entries ``[offset, offset + limit)`` of an agent, wherever they are.
+
+        One aggregate on the session document returns the resident part of the range and the
+        descriptors of the buckets that hold the rest; those buckets are read in one more command,
+        each sliced on the server to the part of the range it holds. Offloaded binaries are put
+        back (one more read when there are any).
+
+        Returns:
+            ``(agent, entries)``: ``agent`` is ``None`` if the session is missing, ``{}`` if the
+            agent is missing, otherwise ``{"message_count": ...}``.
+        """
+        end = None if limit is None else offset + limit
+        moved = "$$moved"
+        if limit is None:
+            take: Any = _SLICE_ALL
+        else:
+            take = {"$subtract": [limit, {"$max": [0, {"$subtract": [moved, offset]}]}]}
+        in_range: list[Any] = [{"$gt": [{"$add": ["$$b.first", "$$b.count"]}, offset]}]
+        if end is not None:
+            in_range.append({"$lt": ["$$b.first", end]})
+        agent_view = {
+            "message_count": "$$agent.message_count",
+            "overflow_count": moved,
+            "messages": {
+                "$cond": [
+                    {"$gt": [take, 0]},
+                    {
+                        "$slice": [
+                            {"$ifNull": ["$$agent.messages", []]},
+                            {"$max": [0, {"$subtract": [offset, moved]}]},
+                            take,
+                        ]
+                    },
+                    [],
+                ]
+            },
+            "overflow": (
+                []
+                if limit == 0
+                else {
+                    "$filter": {
+                        "input": {"$ifNull": ["$$agent.overflow", []]},
+                        "as": "b",
+                        "cond": {"$and": in_range},
+                    }
+                }
+            ),
+        }
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"_id": session_id}},
+            {
+                "$project": {
+                    "_id": 0,
+                    "agent": {
+                        "$let": {
+                            "vars": {
+                                "agent": {"$getField": {"field": encode_field_name(agent_id), "input": "$agents"}}
+                            },
+                            "in": {
+                                "$cond": [
+                                    # Every stored agent has its id; a missing agent has no fields at all.
+                                    {"$eq": [{"$type": "$$agent.agent_id"}, "string"]},
+                                    {
+                                        "$let": {
+                                            "vars": {"moved": {"$ifNull": ["$$agent.overflow_count", 0]}},
+                                            "in": agent_view,
+                                        }
+                                    },
+                                    None,
+                                ]
+                            },
+                        }
+                    },
+                }
+            },
+        ]
+        with self._errors(session_id, "read messages"):
+            documents = list(self.collection.aggregate(pipeline))
+        if not documents:
+            return None, []
+        stored = documents[0].get("agent")
+        if not isinstance(stored, dict):
+            return {}, []
+        entries: list[dict[str, Any]] = []
+        descriptors = stored.get("overflow") or []
+        if descriptors:
+            if end is None:
+                bucket_take: Any = _SLICE_ALL
+            else:
+                bucket_take = {"$subtract": [end, {"$max": ["$first", offset]}]}
+            bucket_pipeline: list[dict[str, Any]] = [
+                {"$match": {"_id": {"$in": [d["id"] for d in descriptors]}}},
+                {
+                    "$project": {
+                        "first": 1,
+                        "messages": {
+                            "$slice": ["$messages", {"$max": [0, {"$subtract": [offset, "$first"]}]}, bucket_take]
+                        },
+                    }
+                },
+            ]
+            with self._errors(session_id, "read moved messages"):
+                buckets = {doc["_id"]: doc for doc in self.overflow.aggregate(bucket_pipeline)}
+            for descriptor in sorted(descriptors, key=lambda d: d["first"]):
+                bucket = buckets.get(descriptor["id"])
+                if bucket is None:
+                    raise SessionStorageError(
+                        f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages from message_id "
+                        f"{descriptor['first']} are missing from {self.overflow_collection_name}"
+                    )
+                entries.extend(bucket.get("messages") or [])
+        entries.extend(stored.get("messages") or [])
+        return {"message_count": stored.get("message_count")}, self._restore_blobs(session_id, entries)
+
+    def _update_entry(
+        self,
+        session_id: str,
+        agent_id: str,
+        message_id: int,
+        fields: Mapping[str, Any],
+        operation: str,
+        field: str,
+        return_old_refs: bool = False,
+    ) -> list[BlobRef]:
+        """``$set`` fields of one stored message, wherever it is, addressed with ``array_filters``.
+
+        A resident message is updated in one command (which also counts the edit, so a concurrent
+        move of old messages notices). A moved one: its bucket is found from the session's
+        descriptors and updated, then the session's ``updated_date`` moves.
+
+        Returns:
+            With ``return_old_refs``, the binary references the message held before (read by the
+            same command, transferring nothing else); otherwise ``[]``.
+
+        Raises:
+            SessionNotFoundError: The message does not exist.
+        """
+        encoded = encode_field_name(agent_id)
+        path = f"agents.{encoded}"
+        changes: dict[str, Any] = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
+        changes["updated_date"] = utc_now()
+        resident = {"$getField": {"field": "messages", "input": {"$getField": {"field": encoded, "input": "$agents"}}}}
+        matched, document = self._write_session(
+            session_id,
+            {"_id": session_id, f"{path}.messages.message_id": message_id},
+            {"$set": changes, "$inc": {f"{path}.edits": 1}},
+            operation=operation,
+            field=field,
+            payload=changes,
+            array_filters=[{"m.message_id": message_id}],
+            returning=_old_refs_projection(resident, message_id) if return_old_refs else None,
+            return_document=ReturnDocument.BEFORE,
+        )
+        if matched:
+            return _old_refs(document)
+        not_found = SessionNotFoundError(
+            f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | message does not exist"
+        )
+        with self._errors(session_id, operation):
+            document = self.collection.find_one({"_id": session_id}, {f"{path}.overflow": 1})
+        descriptor = next(
+            (
+                d
+                for d in (_dig(document, f"{path}.overflow") or [])
+                if d["first"] <= message_id < d["first"] + d["count"]
+            ),
+            None,
+        )
+        if descriptor is None:
+            raise not_found
+        bucket_changes = {f"messages.$[m].{name}": value for name, value in fields.items()}
+        with self._errors(session_id, operation, field, bucket_changes):
+            old_bucket = self.overflow.find_one_and_update(
+                {"_id": descriptor["id"], "messages.message_id": message_id},
+                {"$set": bucket_changes},
+                projection=_old_refs_projection("$messages", message_id),
+                array_filters=[{"m.message_id": message_id}],
+                return_document=ReturnDocument.BEFORE,
+            )
+        if old_bucket is None:
+            raise not_found
+        self._write_session(session_id, {"_id": session_id}, {"$set": {"updated_date": utc_now()}}, operation=operation)
+        return _old_refs(old_bucket)
 
     # ------------------------------------------------------------------ sessions
 
@@ -350,14 +956,20 @@ class MongoDBSessionRepository(SessionRepository):
     def delete_session(self, session_id: str, **kwargs: Any) -> None:
         """Delete a session with all its agents, messages and multi-agent state.
 
+        Messages moved out of the session document and binary content stored outside it are
+        deleted too (after the session, so no reader ever sees a session missing its parts).
+
         Raises:
             SessionNotFoundError: The session does not exist.
         """
         validate_id(session_id, "session_id")
         with self._errors(session_id, "delete session"):
-            result = self.collection.delete_one({"_id": session_id})
-        if result.deleted_count == 0:
-            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+            deleted = self.collection.find_one_and_delete({"_id": session_id}, projection={"companions": 1})
+            if deleted is None:
+                raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+            if deleted.get("companions"):
+                removed = self.overflow.delete_many({"session_id": session_id}).deleted_count
+                logger.debug("session_id=<%s>, documents=<%d> | overflow storage deleted", session_id, removed)
         logger.debug("session_id=<%s> | session deleted", session_id)
 
     # ------------------------------------------------------------------ agents
@@ -376,23 +988,25 @@ class MongoDBSessionRepository(SessionRepository):
         path = f"agents.{encode_field_name(agent_id)}"
         fields = agent_to_fields(session_agent)
         new_agent = {**fields, "message_count": 0, "messages": []}
-        with self._errors(session_id, "create agent", "session_agent", new_agent):
-            result = self.collection.update_one(
-                {"_id": session_id, path: {"$exists": False}},
-                {"$set": {path: new_agent, "updated_date": utc_now()}},
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id, path: {"$exists": False}},
+            {"$set": {path: new_agent, "updated_date": utc_now()}},
+            operation="create agent",
+            field="session_agent",
+            payload=new_agent,
+        )
+        if not matched:
+            # Either the session is missing or the agent exists already (rare): keep its messages.
+            matched, _ = self._write_session(
+                session_id,
+                {"_id": session_id},
+                {"$set": {**{f"{path}.{name}": value for name, value in fields.items()}, "updated_date": utc_now()}},
+                operation="create agent",
+                field="session_agent",
+                payload=fields,
             )
-            if result.matched_count == 0:
-                # Either the session is missing or the agent exists already (rare): keep its messages.
-                result = self.collection.update_one(
-                    {"_id": session_id},
-                    {
-                        "$set": {
-                            **{f"{path}.{name}": value for name, value in fields.items()},
-                            "updated_date": utc_now(),
-                        }
-                    },
-                )
-        if result.matched_count == 0:
+        if not matched:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, agent_id=<%s> | agent created", session_id, agent_id)
 
@@ -434,9 +1048,15 @@ class MongoDBSessionRepository(SessionRepository):
             values = {name: value for name, value in values.items() if name in fields or name == "updated_at"}
         changes: dict[str, Any] = {f"{path}.{name}": value for name, value in values.items()}
         changes["updated_date"] = utc_now()
-        with self._errors(session_id, "update agent", "session_agent", changes):
-            result = self.collection.update_one({"_id": session_id, path: {"$exists": True}}, {"$set": changes})
-        if result.matched_count == 0:
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id, path: {"$exists": True}},
+            {"$set": changes},
+            operation="update agent",
+            field="session_agent",
+            payload=changes,
+        )
+        if not matched:
             raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
         logger.debug("session_id=<%s>, agent_id=<%s> | agent updated", session_id, agent_id)
 
@@ -445,13 +1065,16 @@ class MongoDBSessionRepository(SessionRepository):
     def create_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
         """Append a message to an agent.
 
-        One atomic update that succeeds only if the agent has exactly ``message_id`` messages.
+        One atomic update that succeeds only if the agent has exactly ``message_id`` messages (and
+        the document stays under the overflow threshold: otherwise old messages move out first).
+        Binary values above ``binary_offload_bytes`` are stored outside the document beforehand.
 
         Raises:
             SessionConflictError: Another writer appended first (the agent does not have exactly
                 ``message_id`` messages). Nothing was written.
             SessionNotFoundError: The session or agent does not exist.
-            SessionTooLargeError: The session document would exceed 16 MB. Nothing was written.
+            SessionTooLargeError: The message alone, with its large binaries moved out, is too
+                large for a MongoDB document. Nothing was written.
         """
         validate_id(session_id, "session_id")
         validate_id(agent_id, "agent_id")
@@ -461,17 +1084,30 @@ class MongoDBSessionRepository(SessionRepository):
         extras = _message_extras.get()
         if extras is not None and extras[0] is session_message.message:
             entry.update(extras[1])
-        with self._errors(session_id, "append message", "session_message", entry):
-            result = self.collection.update_one(
+        blobs = self._offload(session_id, entry, "append message")
+        if blobs:
+            self._store_blobs(session_id, blobs)
+        try:
+            matched, _ = self._write_session(
+                session_id,
                 {"_id": session_id, f"{path}.message_count": message_id},
                 {
                     "$push": {f"{path}.messages": entry},
                     "$inc": {f"{path}.message_count": 1},
                     "$set": {"updated_date": utc_now()},
                 },
+                operation="append message",
+                field="session_message",
+                payload=entry,
+                # Room for the entry and the array index; beyond it, old messages move out first.
+                size_limit=self.overflow_threshold_bytes - entry_size(entry) - 64,
             )
-        if result.matched_count == 0:
-            self._raise_append_failure(session_id, agent_id, message_id)
+            if not matched:
+                self._raise_append_failure(session_id, agent_id, message_id)
+        except (SessionConflictError, SessionNotFoundError, SessionValidationError):
+            # Certainly not appended (refused or not matched): its binaries are unreferenced.
+            self._discard_unreferenced(session_id, blobs)
+            raise
         logger.debug(
             "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message appended", session_id, agent_id, message_id
         )
@@ -497,16 +1133,10 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(session_id, "session_id")
         validate_id(agent_id, "agent_id")
         validate_message_id(message_id)
-        path = f"agents.{encode_field_name(agent_id)}"
-        with self._errors(session_id, "read message"):
-            document = self.collection.find_one(
-                {"_id": session_id},
-                {f"{path}.messages": {"$slice": [message_id, 1]}, f"{path}.message_count": 1},
-            )
-        stored = _dig(document, path)
-        if not stored or not stored.get("messages"):
+        agent, entries = self._read_entries(session_id, agent_id, message_id, 1)
+        if not agent or not entries:
             return None
-        return entry_to_message(stored["messages"][0], session_id, agent_id, message_id)
+        return entry_to_message(entries[0], session_id, agent_id, message_id)
 
     def update_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
         """Replace a message's content and redaction, keeping its ``created_at``; moves ``updated_at``.
@@ -520,12 +1150,24 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(agent_id, "agent_id")
         message_id = validate_message_id(session_message.message_id)
         updated_at = iso_now()
-        fields = {
+        fields: dict[str, Any] = {
             "message": session_message.message,
             "redact_message": session_message.redact_message,
             "updated_at": updated_at,
         }
-        self._set_entry_fields(session_id, agent_id, message_id, fields, "update message", "session_message")
+        blobs = self._offload(session_id, fields, "update message")
+        fields.setdefault("blobs", [])
+        if blobs:
+            self._store_blobs(session_id, blobs)
+        try:
+            old_refs = self._update_entry(
+                session_id, agent_id, message_id, fields, "update message", "session_message", return_old_refs=True
+            )
+        except (SessionNotFoundError, SessionValidationError):
+            self._discard_unreferenced(session_id, blobs)
+            raise
+        # Redacted content must not survive outside the document either.
+        self._discard_blobs(session_id, old_refs)
         session_message.updated_at = updated_at
         logger.debug(
             "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message updated", session_id, agent_id, message_id
@@ -545,16 +1187,9 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionValidationError("offset", f"must be a non-negative integer, got {offset!r}")
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
             raise SessionValidationError("limit", f"must be None or a non-negative integer, got {limit!r}")
-        path = f"agents.{encode_field_name(agent_id)}"
-        projection: dict[str, Any] = {f"{path}.message_count": 1}
-        if limit != 0:
-            projection[f"{path}.messages"] = {"$slice": [offset, limit if limit is not None else _SLICE_ALL]}
-        with self._errors(session_id, "list messages"):
-            document = self.collection.find_one({"_id": session_id}, projection)
-        stored = _dig(document, path)
-        if stored is None:
-            raise _missing(session_id, agent_id, document)
-        entries = stored.get("messages") or []
+        agent, entries = self._read_entries(session_id, agent_id, offset, limit)
+        if not agent:
+            raise _missing(session_id, agent_id, agent)
         return [entry_to_message(entry, session_id, agent_id, offset + i) for i, entry in enumerate(entries)]
 
     # ------------------------------------------------------------------ multi-agent
@@ -570,11 +1205,15 @@ class MongoDBSessionRepository(SessionRepository):
         now = iso_now()
         record = {"id": multi_agent_id, "state": multi_agent.serialize_state(), "created_at": now, "updated_at": now}
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
-        with self._errors(session_id, "create multi-agent", "multi_agent_state", record):
-            result = self.collection.update_one(
-                {"_id": session_id}, {"$set": {path: record, "updated_date": utc_now()}}
-            )
-        if result.matched_count == 0:
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id},
+            {"$set": {path: record, "updated_date": utc_now()}},
+            operation="create multi-agent",
+            field="multi_agent_state",
+            payload=record,
+        )
+        if not matched:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, multi_agent_id=<%s> | multi-agent created", session_id, multi_agent_id)
 
@@ -602,9 +1241,15 @@ class MongoDBSessionRepository(SessionRepository):
             f"{path}.updated_at": iso_now(),
             "updated_date": utc_now(),
         }
-        with self._errors(session_id, "update multi-agent", "multi_agent_state", changes):
-            result = self.collection.update_one({"_id": session_id, path: {"$exists": True}}, {"$set": changes})
-        if result.matched_count == 0:
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id, path: {"$exists": True}},
+            {"$set": changes},
+            operation="update multi-agent",
+            field="multi_agent_state",
+            payload=changes,
+        )
+        if not matched:
             raise SessionNotFoundError(
                 f"session_id=<{session_id}>, multi_agent_id=<{multi_agent_id}> | multi-agent state does not exist"
             )
@@ -626,31 +1271,7 @@ class MongoDBSessionRepository(SessionRepository):
             validate_metadata_key(name)
             if name in MESSAGE_FIELDS:
                 raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
-        self._set_entry_fields(session_id, agent_id, message_id, fields, "set message fields", "fields")
-
-    def _set_entry_fields(
-        self,
-        session_id: str,
-        agent_id: str,
-        message_id: int,
-        fields: Mapping[str, Any],
-        operation: str,
-        field: str,
-    ) -> None:
-        """``$set`` fields of one stored message, addressed with ``array_filters`` (the array is not read)."""
-        path = f"agents.{encode_field_name(agent_id)}"
-        changes: dict[str, Any] = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
-        changes["updated_date"] = utc_now()
-        with self._errors(session_id, operation, field, changes):
-            result = self.collection.update_one(
-                {"_id": session_id, f"{path}.messages.message_id": message_id},
-                {"$set": changes},
-                array_filters=[{"m.message_id": message_id}],
-            )
-        if result.matched_count == 0:
-            raise SessionNotFoundError(
-                f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | message does not exist"
-            )
+        self._update_entry(session_id, agent_id, message_id, fields, "set message fields", "fields")
 
     def get_message_metrics(self, session_id: str, agent_id: str) -> list[dict[str, Any]]:
         """Return ``[{"message_id", "event_loop_metrics"}, ...]`` for the agent's messages that carry metrics.
@@ -668,16 +1289,27 @@ class MongoDBSessionRepository(SessionRepository):
                 {"_id": session_id},
                 {
                     f"{path}.message_count": 1,
+                    f"{path}.overflow": 1,
                     f"{path}.messages.message_id": 1,
                     f"{path}.messages.event_loop_metrics": 1,
                 },
             )
-        stored = _dig(document, path)
-        if stored is None:
-            raise _missing(session_id, agent_id, document)
+            stored = _dig(document, path)
+            if stored is None:
+                raise _missing(session_id, agent_id, document)
+            entries: list[Any] = []
+            descriptors = stored.get("overflow") or []
+            if descriptors:
+                buckets = self.overflow.find(
+                    {"_id": {"$in": [d["id"] for d in descriptors]}},
+                    {"first": 1, "messages.message_id": 1, "messages.event_loop_metrics": 1},
+                )
+                for bucket in sorted(buckets, key=lambda b: b["first"]):
+                    entries.extend(bucket.get("messages") or [])
+        entries.extend(stored.get("messages") or [])
         return [
             {"message_id": entry.get("message_id"), "event_loop_metrics": entry["event_loop_metrics"]}
-            for entry in stored.get("messages") or []
+            for entry in entries
             if isinstance(entry, dict) and "event_loop_metrics" in entry
         ]
 
@@ -696,9 +1328,15 @@ class MongoDBSessionRepository(SessionRepository):
             return
         changes: dict[str, Any] = {f"metadata.{key}": value for key, value in metadata.items()}
         changes["updated_date"] = utc_now()
-        with self._errors(session_id, "update metadata", "metadata", changes):
-            result = self.collection.update_one({"_id": session_id}, {"$set": changes})
-        if result.matched_count == 0:
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id},
+            {"$set": changes},
+            operation="update metadata",
+            field="metadata",
+            payload=changes,
+        )
+        if not matched:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, keys=<%s> | metadata updated", session_id, sorted(metadata))
 
@@ -727,12 +1365,13 @@ class MongoDBSessionRepository(SessionRepository):
         keys = validate_metadata_keys(keys)
         if not keys:
             return
-        with self._errors(session_id, "delete metadata"):
-            result = self.collection.update_one(
-                {"_id": session_id},
-                {"$unset": {f"metadata.{key}": "" for key in keys}, "$set": {"updated_date": utc_now()}},
-            )
-        if result.matched_count == 0:
+        matched, _ = self._write_session(
+            session_id,
+            {"_id": session_id},
+            {"$unset": {f"metadata.{key}": "" for key in keys}, "$set": {"updated_date": utc_now()}},
+            operation="delete metadata",
+        )
+        if not matched:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, keys=<%s> | metadata deleted", session_id, keys)
 
@@ -769,13 +1408,15 @@ class MongoDBSessionRepository(SessionRepository):
                 }
             }
         ]
-        with self._errors(session_id, "add feedback", "feedback", entry):
-            document = self.collection.find_one_and_update(
-                {"_id": session_id},
-                pipeline,
-                projection={"feedbacks": {"$slice": -1}, "_id": 0},
-                return_document=ReturnDocument.AFTER,
-            )
+        _, document = self._write_session(
+            session_id,
+            {"_id": session_id},
+            pipeline,
+            operation="add feedback",
+            field="feedback",
+            payload=entry,
+            returning={"feedbacks": {"$slice": -1}, "_id": 0},
+        )
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         logger.debug("session_id=<%s>, rating=<%s> | feedback added", session_id, entry["rating"])
@@ -842,6 +1483,47 @@ class MongoDBSessionRepository(SessionRepository):
             }
             for doc in documents
         ]
+
+
+@dataclass(frozen=True)
+class _StorageState:
+    size: int
+    companions_until: datetime | None
+
+
+def _expiry_margin(ttl: int) -> float:
+    """Seconds by which overflow documents' expiry leads their session's (a quarter TTL, 1 s to 1 h)."""
+    return float(min(max(ttl / 4, 1.0), 3600.0))
+
+
+def _old_refs_projection(messages: Any, message_id: int) -> dict[str, Any]:
+    """A projection (aggregation syntax) returning only the binary references of one message entry."""
+    return {
+        "_id": 0,
+        "old": {
+            "$map": {
+                "input": {
+                    "$filter": {
+                        "input": {"$ifNull": [messages, []]},
+                        "cond": {"$eq": ["$$this.message_id", message_id]},
+                    }
+                },
+                "in": {"$ifNull": ["$$this.blobs", []]},
+            }
+        },
+    }
+
+
+def _old_refs(document: dict[str, Any] | None) -> list[BlobRef]:
+    if not document:
+        return []
+    return [BlobRef.from_binary(value) for refs in document.get("old") or [] for value in refs or []]
+
+
+def _bounded_int(value: Any, field: str, low: int, high: int, default: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SessionValidationError(field, f"must be an integer from {low} to {high} (default {default})", value)
+    return int(value)
 
 
 def _missing(session_id: str, agent_id: str, document: dict[str, Any] | None) -> SessionNotFoundError:

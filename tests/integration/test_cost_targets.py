@@ -134,7 +134,7 @@ def test_restore_reads_the_window_not_the_history(
     for session_id, stored in (("s-00040", short), ("s-02000", long)):
         wire.reset()
         agent, manager = _restore(client, database_name, session_id)
-        assert wire.names == ["aggregate", "find"]
+        assert wire.names == ["aggregate", "aggregate"]
         assert agent.messages == [m.message for m in stored[-WINDOW:]]
         received[session_id] = sum(wire.replies)
         wire.reset()

@@ -523,13 +523,10 @@ def test_sliding_window_restore_transfers_only_the_window(harness: Harness) -> N
 
     key = encode_field_name("assistant")
     for backend in MONGO_BACKENDS:
-        # The restore's list_messages is the one find with a $slice projection on the messages.
-        slices = [
-            find
-            for find in restored["finds"][backend]
-            if any(isinstance(value, dict) and "$slice" in value for value in (find["projection"] or {}).values())
-        ]
-        assert len(slices) == 1, restored["finds"][backend]
+        # The restore's list_messages is the one read whose reply carries messages.
+        reads = restored["reads"][backend]
+        slices = [read for read in reads if read["messages_per_agent"]]
+        assert len(slices) == 1, reads
         assert slices[0]["messages_per_agent"] == {key: 4}
 
         stored = harness.stored_session(backend)["agents"][key]["messages"]
@@ -539,9 +536,8 @@ def test_sliding_window_restore_transfers_only_the_window(harness: Harness) -> N
         # The reply carries the 4 windowed messages plus a small envelope, not the 20 stored ones.
         assert slices[0]["reply_bytes"] < window_bytes + 1024
         assert slices[0]["reply_bytes"] < all_bytes / 3
-        # No other find of the restore carried any message.
-        others = [find for find in restored["finds"][backend] if find is not slices[0]]
-        assert all(not find["messages_per_agent"] for find in others)
+        others = [read for read in reads if read is not slices[0]]
+        assert all(not read["messages_per_agent"] for read in others)
 
 
 # ------------------------------------------------------------------------------------------ 6. bytes

@@ -222,7 +222,7 @@ def test_global_factory_serves_requests_without_new_connections_or_index_command
         assert commands == ["aggregate", "insert", "update"], commands
     # Existing session: the session and agent state in one read, the messages in another.
     for commands in init_commands["existing"]:
-        assert commands == ["aggregate", "find"], commands
+        assert commands == ["aggregate", "aggregate"], commands
     # A turn writes the user message and the reply (with its metrics): two updates, no reads.
     for commands in turn_commands["new"] + turn_commands["existing"]:
         assert commands == ["update", "update"], commands

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import bson
 import pytest
 from pymongo import MongoClient, monitoring
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
@@ -46,32 +47,59 @@ def repo(mongo_client: MongoClient[dict[str, Any]], database_name: str) -> Mongo
     return repository
 
 
-def test_append_past_16mb_fails_clearly_and_keeps_the_session(repo: MongoDBSessionRepository) -> None:
-    first, second = _image_message(0, 6_000_000), _image_message(1, 6_000_000)
-    repo.create_message("big", "a", first)
-    repo.create_message("big", "a", second)
-    with pytest.raises(SessionTooLargeError) as raised:
-        repo.create_message("big", "a", _image_message(2, 6_000_000))
-    error = raised.value
-    assert isinstance(error, ValueError)
-    assert error.session_id == "big"
-    assert error.limit == MAX_DOCUMENT_SIZE
-    assert error.size is not None and error.size > 6_000_000
-    assert "session_id=<big>" in str(error) and str(MAX_DOCUMENT_SIZE) in str(error)
-    assert repo.list_messages("big", "a") == [first, second]
-    # The counter did not move either: the next append is still message 2.
-    repo.create_message("big", "a", _image_message(2, 10))
+def _text_message(message_id: int, size: int) -> SessionMessage:
+    return SessionMessage(message={"role": "user", "content": [{"text": "t" * size}]}, message_id=message_id)
+
+
+def _document_size(repo: MongoDBSessionRepository, session_id: str) -> int:
+    document = repo.collection.find_one({"_id": session_id})
+    assert document is not None
+    return len(bson.encode(document))
+
+
+def test_large_text_messages_move_out_instead_of_meeting_16mb(repo: MongoDBSessionRepository) -> None:
+    # 18 MB of text that cannot be offloaded as binary: older messages leave the document instead.
+    messages = [_text_message(i, 6_000_000) for i in range(3)]
+    for message in messages:
+        repo.create_message("big", "a", message)
+    assert repo.list_messages("big", "a") == messages
+    assert _document_size(repo, "big") < 7_000_000
+    assert repo.read_message("big", "a", 0) == messages[0]
+
+
+def test_large_images_are_stored_outside_the_document(repo: MongoDBSessionRepository) -> None:
+    messages = [_image_message(0, 6_000_000), _image_message(1, 17 * 1024 * 1024)]
+    for message in messages:
+        repo.create_message("big", "a", message)
+    assert repo.list_messages("big", "a") == messages
+    assert _document_size(repo, "big") < 10_000
 
 
 def test_a_single_message_over_16mb_is_refused_before_sending(repo: MongoDBSessionRepository) -> None:
-    with pytest.raises(SessionTooLargeError, match="session_id=<big>"):
-        repo.create_message("big", "a", _image_message(0, 17 * 1024 * 1024))
+    with pytest.raises(SessionTooLargeError, match="session_id=<big>") as raised:
+        repo.create_message("big", "a", _text_message(0, 17 * 1024 * 1024))
+    error = raised.value
+    assert isinstance(error, ValueError)
+    assert error.limit == MAX_DOCUMENT_SIZE
+    assert error.size is not None and error.size > 17 * 1024 * 1024
     assert repo.list_messages("big", "a") == []
+    assert repo.overflow.count_documents({}) == 0
+    # The counter did not move: the next append is still message 0.
+    repo.create_message("big", "a", _text_message(0, 10))
+
+
+def test_agent_state_beside_large_messages_makes_room(repo: MongoDBSessionRepository) -> None:
+    message = _text_message(0, 9_000_000)
+    repo.create_message("big", "a", message)
+    agent = SessionAgent(agent_id="a", state={"blob": "y" * 9_000_000}, conversation_manager_state={})
+    repo.update_agent("big", agent)  # 18 MB together: the message moves out to make room
+    stored = repo.read_agent("big", "a")
+    assert stored is not None and stored.state == agent.state
+    assert repo.list_messages("big", "a") == [message]
 
 
 def test_agent_state_past_16mb_fails_clearly(repo: MongoDBSessionRepository) -> None:
-    repo.create_message("big", "a", _image_message(0, 9_000_000))
-    agent = SessionAgent(agent_id="a", state={"blob": b"y" * 9_000_000}, conversation_manager_state={})
+    agent = SessionAgent(agent_id="a", state={"blob": "y" * (17 * 1024 * 1024)}, conversation_manager_state={})
     with pytest.raises(SessionTooLargeError):
         repo.update_agent("big", agent)
     stored = repo.read_agent("big", "a")

@@ -98,7 +98,7 @@ def test_restore_costs_two_commands_whatever_the_length(
         callback_handler=None,
     )
 
-    assert log.commands == ["aggregate", "find"]
+    assert log.commands == ["aggregate", "aggregate"]
     restored = min(stored, 20)
     assert len(agent.messages) == restored
     assert agent.messages[-1]["content"][0]["text"].startswith(f"{stored - 1:06d}")

@@ -190,19 +190,21 @@ def build_swarm(models: Mapping[str, Model], session_manager: RepositorySessionM
 # ---------------------------------------------------------------------------------------- the restore
 
 
-class _FindRecorder(monitoring.CommandListener):
-    """Records every ``find`` a client sends: its projection, and the size and content of the reply."""
+class _ReadRecorder(monitoring.CommandListener):
+    """Records every read (``find``, ``aggregate``) a client sends and how many messages its reply carries."""
 
     def __init__(self) -> None:
         self._pending: dict[int, dict[str, Any]] = {}
-        self.finds: list[dict[str, Any]] = []
+        self.reads: list[dict[str, Any]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find":
+        if event.command_name in ("find", "aggregate"):
             self._pending[event.request_id] = {
-                "collection": event.command.get("find"),
+                "command": event.command_name,
+                "collection": event.command.get(event.command_name),
                 "filter": event.command.get("filter"),
                 "projection": event.command.get("projection"),
+                "pipeline": event.command.get("pipeline"),
             }
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
@@ -216,12 +218,33 @@ class _FindRecorder(monitoring.CommandListener):
             for agent_key, agent in (document.get("agents") or {}).items()
             if isinstance(agent, dict) and "messages" in agent
         }
-        self.finds.append(
+        for document in batch:
+            # The repository's message reads answer {"agent": {"messages": [...], ...}} for one agent,
+            # named in the pipeline's $getField.
+            agent = document.get("agent")
+            if isinstance(agent, dict) and "messages" in agent:
+                messages_per_agent[_agent_key_of(command["pipeline"])] = len(agent["messages"])
+        self.reads.append(
             {**command, "reply_bytes": len(bson.encode(event.reply)), "messages_per_agent": messages_per_agent}
         )
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         self._pending.pop(event.request_id, None)
+
+
+def _agent_key_of(pipeline: Any) -> str:
+    """The encoded agent id a message-read pipeline asks for (the first ``$getField`` on ``$agents``)."""
+    stack = [pipeline]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            getter = item.get("$getField")
+            if isinstance(getter, dict) and getter.get("input") == "$agents":
+                return str(getter["field"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return "?"
 
 
 def _restore_agents(request: Mapping[str, Any], manager: RepositorySessionManager) -> dict[str, Any]:
@@ -279,11 +302,11 @@ def _restore_multi_agent(
 def restore(request: Mapping[str, Any]) -> dict[str, Any]:
     """Restore every backend named in ``request`` and return the dump (not yet JSON-encoded)."""
     results: dict[str, Any] = {}
-    finds: dict[str, Any] = {}
+    reads: dict[str, Any] = {}
     clients: list[MongoClient[Any]] = []
     try:
         for backend in request["backends"]:
-            recorder = _FindRecorder()
+            recorder = _ReadRecorder()
             client: MongoClient[Any] | None = None
             if backend in MONGO_BACKENDS:
                 client = MongoClient(request["mongodb_uri"], event_listeners=[recorder])
@@ -305,11 +328,11 @@ def restore(request: Mapping[str, Any]) -> dict[str, Any]:
                 results[backend] = _restore_agents(request, open_manager())
             else:
                 results[backend] = _restore_multi_agent(request, open_manager)
-            finds[backend] = recorder.finds
+            reads[backend] = recorder.reads
     finally:
         for client in clients:
             client.close()
-    return {"results": results, "finds": finds}
+    return {"results": results, "reads": reads}
 
 
 def run_request(request_file: str) -> None:

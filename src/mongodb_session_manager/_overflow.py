@@ -1,0 +1,229 @@
+"""Pure helpers for storage outside the session document: binary references and message buckets.
+
+No I/O here. Two things can leave the session document, both into one companion collection
+(``<collection>_overflow`` by default):
+
+* **Large binary values.** A ``bytes`` value inside a message that is larger than the repository's
+  ``binary_offload_bytes`` is replaced, in the stored message, by a *reference*: a BSON Binary of
+  the user-defined subtype :data:`REFERENCE_SUBTYPE` holding the blob's id, length and SHA-256.
+  The bytes themselves are stored in chunk documents (``{"_id": {"b": blob_id, "n": i}, "data": ...}``)
+  and put back, verified, when the message is read. Plain ``bytes`` are always stored as subtype 0,
+  so a reference can never be confused with user data; a value that already carries the reserved
+  subtype is refused on write.
+* **Old messages.** When the session document nears ``overflow_threshold_bytes``, an agent's oldest
+  messages move, in order, into *bucket* documents (``{"kind": "messages", "agent_id", "first",
+  "count", "messages": [...]}``); the agent records how many have moved (``overflow_count``) and
+  the id and range of each bucket (``overflow``), so a reader knows exactly which buckets to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import bson
+from bson.binary import Binary
+from bson.objectid import ObjectId
+
+from .errors import SessionStorageError, SessionValidationError
+
+#: BSON binary subtype (user-defined range 0x80-0xFF) that marks a reference to an offloaded value.
+REFERENCE_SUBTYPE = 0x80
+#: Largest chunk document payload. 1 MB images fit in one chunk; larger values take several.
+CHUNK_BYTES = 4 * 1024 * 1024
+#: Most bytes of messages put into one bucket document.
+BUCKET_BYTES = 2 * 1024 * 1024
+
+_REFERENCE_LENGTH = 12 + 8 + 32  # ObjectId, length (big-endian), SHA-256
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A reference to a binary value stored outside the session document."""
+
+    blob_id: ObjectId
+    length: int
+    sha256: bytes
+
+    @property
+    def chunk_count(self) -> int:
+        return max(1, -(-self.length // CHUNK_BYTES))
+
+    def chunk_ids(self) -> list[dict[str, Any]]:
+        """The ``_id`` of each chunk document, in order (field order matters: ``b`` then ``n``)."""
+        return [{"b": self.blob_id, "n": n} for n in range(self.chunk_count)]
+
+    def to_binary(self) -> Binary:
+        return Binary(self.blob_id.binary + self.length.to_bytes(8, "big") + self.sha256, REFERENCE_SUBTYPE)
+
+    @classmethod
+    def from_binary(cls, value: Binary) -> BlobRef:
+        data = bytes(value)
+        if len(data) != _REFERENCE_LENGTH:
+            raise SessionStorageError(f"stored binary reference is malformed ({len(data)} bytes)")
+        return cls(ObjectId(data[:12]), int.from_bytes(data[12:20], "big"), data[20:])
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, Binary) and value.subtype == REFERENCE_SUBTYPE
+
+
+def _is_plain_bytes(value: Any) -> bool:
+    """``bytes``/``bytearray`` that BSON stores as subtype 0 (and hands back as ``bytes``)."""
+    if isinstance(value, Binary):
+        return value.subtype == 0
+    return isinstance(value, bytes | bytearray)
+
+
+def offload_binaries(value: Any, threshold: int, field: str = "message") -> tuple[Any, list[tuple[BlobRef, bytes]]]:
+    """Replace every plain binary value longer than ``threshold`` bytes with a reference.
+
+    Returns:
+        ``(value with references, [(reference, bytes), ...])``. Containers without a large binary
+        are returned as they are (not copied).
+
+    Raises:
+        SessionValidationError: ``value`` contains a Binary of the reserved subtype.
+    """
+    blobs: list[tuple[BlobRef, bytes]] = []
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            changed = {key: walk(child) for key, child in item.items()}
+            return changed if any(changed[key] is not item[key] for key in item) else item
+        if isinstance(item, list | tuple):
+            items = [walk(child) for child in item]
+            return items if any(new is not old for new, old in zip(items, item, strict=True)) else item
+        if isinstance(item, Binary) and item.subtype == REFERENCE_SUBTYPE:
+            raise SessionValidationError(field, f"BSON binary subtype {REFERENCE_SUBTYPE:#x} is reserved")
+        if _is_plain_bytes(item) and len(item) > threshold:
+            data = bytes(item)
+            ref = BlobRef(ObjectId(), len(data), hashlib.sha256(data).digest())
+            blobs.append((ref, data))
+            return ref.to_binary()
+        return item
+
+    return walk(value), blobs
+
+
+def find_references(value: Any) -> list[BlobRef]:
+    """Every reference inside ``value`` (a stored message entry, or a list of them)."""
+    found: list[BlobRef] = []
+    for item in _leaves(value):
+        if is_reference(item):
+            found.append(BlobRef.from_binary(item))
+    return found
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            yield item
+
+
+def restore_binaries(value: Any, lookup: Callable[[BlobRef], bytes]) -> Any:
+    """Replace every reference inside ``value`` with its bytes (``lookup`` supplies them)."""
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {key: walk(child) for key, child in item.items()}
+        if isinstance(item, list):
+            return [walk(child) for child in item]
+        if is_reference(item):
+            return lookup(BlobRef.from_binary(item))
+        return item
+
+    return walk(value)
+
+
+def chunk_documents(session_id: str, ref: BlobRef, data: bytes, expire_at: datetime | None) -> list[dict[str, Any]]:
+    """The chunk documents that store one offloaded value."""
+    documents = []
+    for chunk_id in ref.chunk_ids():
+        start = chunk_id["n"] * CHUNK_BYTES
+        document: dict[str, Any] = {
+            "_id": chunk_id,
+            "kind": "blob",
+            "session_id": session_id,
+            "data": data[start : start + CHUNK_BYTES],
+        }
+        if expire_at is not None:
+            document["expire_at"] = expire_at
+        documents.append(document)
+    return documents
+
+
+def assemble_blob(ref: BlobRef, chunks: Mapping[int, bytes], session_id: str) -> bytes:
+    """Join a value's chunks and check its length and SHA-256.
+
+    Raises:
+        SessionStorageError: A chunk is missing or the bytes differ from what was stored.
+    """
+    missing = [n for n in range(ref.chunk_count) if n not in chunks]
+    if missing:
+        raise SessionStorageError(
+            f"session_id=<{session_id}> | stored binary {ref.blob_id} is missing chunk(s) {missing[:5]}"
+        )
+    data = b"".join(chunks[n] for n in range(ref.chunk_count))
+    if len(data) != ref.length or hashlib.sha256(data).digest() != ref.sha256:
+        raise SessionStorageError(f"session_id=<{session_id}> | stored binary {ref.blob_id} is corrupt")
+    return data
+
+
+def entry_size(entry: Mapping[str, Any]) -> int:
+    """Encoded size of one message entry, in bytes."""
+    return len(bson.encode(entry))
+
+
+def plan_moves(resident_sizes: Mapping[str, Sequence[int]], need: int) -> dict[str, int]:
+    """Choose how many of each agent's oldest resident messages to move out to free ``need`` bytes.
+
+    Messages are taken oldest first from whichever agent currently keeps the most bytes in the
+    document, so one long conversation gives way before a short one.
+
+    Args:
+        resident_sizes: ``{agent key: [size of each resident message, oldest first]}``.
+        need: Bytes to free.
+
+    Returns:
+        ``{agent key: count}`` for the agents that move anything.
+    """
+    resident = {key: sum(sizes) for key, sizes in resident_sizes.items()}
+    moved = dict.fromkeys(resident_sizes, 0)
+    freed = 0
+    while freed < need:
+        candidates = [key for key in resident if moved[key] < len(resident_sizes[key])]
+        if not candidates:
+            break
+        key = max(candidates, key=lambda k: resident[k])
+        size = resident_sizes[key][moved[key]]
+        moved[key] += 1
+        resident[key] -= size
+        freed += size
+    return {key: count for key, count in moved.items() if count}
+
+
+def split_into_buckets(sizes: Sequence[int], max_bytes: int = BUCKET_BYTES) -> list[tuple[int, int]]:
+    """Split consecutive messages into ``(start, count)`` runs of at most ``max_bytes`` each.
+
+    A message larger than ``max_bytes`` gets a bucket of its own.
+    """
+    runs: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for index, size in enumerate(sizes):
+        if index > start and total + size > max_bytes:
+            runs.append((start, index - start))
+            start, total = index, 0
+        total += size
+    if start < len(sizes):
+        runs.append((start, len(sizes) - start))
+    return runs
