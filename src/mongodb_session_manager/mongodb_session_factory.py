@@ -26,7 +26,12 @@ from pymongo import MongoClient
 from .errors import MongoDBSessionError, SessionValidationError
 from .mongodb_connection_pool import MongoDBConnectionPool, SharedClientLease, acquire_shared_client
 from .mongodb_session_manager import MongoDBSessionManager, split_client_options
-from .mongodb_session_repository import DEFAULT_COLLECTION_NAME, DEFAULT_DATABASE_NAME, MongoDBSessionRepository
+from .mongodb_session_repository import (
+    DEFAULT_COLLECTION_NAME,
+    DEFAULT_DATABASE_NAME,
+    STORAGE_OPTIONS,
+    MongoDBSessionRepository,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ class MongoDBSessionManagerFactory:
         session_ttl: Optional idle expiry for sessions (see :class:`MongoDBSessionRepository`).
         metadata_hook: Default metadata hook for the managers it creates.
         feedback_hook: Default feedback hook for the managers it creates.
-        **client_kwargs: ``MongoClient`` options (``maxPoolSize``, ...).
+        **client_kwargs: ``MongoClient`` options (``maxPoolSize``, ...), and the repository's
+            storage options ``binary_offload_bytes``, ``overflow_threshold_bytes``,
+            ``overflow_collection_name`` (see :class:`MongoDBSessionRepository`).
     """
 
     def __init__(
@@ -66,6 +73,7 @@ class MongoDBSessionManagerFactory:
         **client_kwargs: Any,
     ) -> None:
         """Create the factory; see the class docstring."""
+        self.storage_options = {name: client_kwargs.pop(name) for name in STORAGE_OPTIONS if name in client_kwargs}
         self._lease: SharedClientLease | None = None
         if client is None:
             if connection_string is None:
@@ -111,6 +119,7 @@ class MongoDBSessionManagerFactory:
                     database_name=self.database_name,
                     collection_name=self.collection_name,
                     session_ttl=self.session_ttl,
+                    **self.storage_options,
                 )
             return self._repository
 
@@ -146,7 +155,11 @@ class MongoDBSessionManagerFactory:
             repository = self._get_repository()
         else:
             repository = MongoDBSessionRepository(
-                client=self.client, database_name=database_name, collection_name=collection_name
+                client=self.client,
+                database_name=database_name,
+                collection_name=collection_name,
+                session_ttl=self.session_ttl,
+                **{name: value for name, value in self.storage_options.items() if name != "overflow_collection_name"},
             )
         if "metadataHook" not in overrides:
             overrides.setdefault("metadata_hook", self.metadata_hook)
@@ -201,7 +214,8 @@ def initialize_global_factory(
         connection_string: MongoDB connection string.
         database_name: Database name.
         collection_name: Collection name.
-        **kwargs: ``MongoClient`` options, plus ``session_ttl``, ``metadata_hook``, ``feedback_hook``.
+        **kwargs: ``MongoClient`` options, plus ``session_ttl``, ``metadata_hook``, ``feedback_hook`` and
+            the storage options (``binary_offload_bytes``, ``overflow_threshold_bytes``, ...).
 
     Returns:
         The global factory.

@@ -37,6 +37,7 @@ from .errors import MongoDBSessionError, SessionValidationError
 from .mongodb_session_repository import (
     DEFAULT_COLLECTION_NAME,
     DEFAULT_DATABASE_NAME,
+    STORAGE_OPTIONS,
     MongoDBSessionRepository,
     stored_with_message,
 )
@@ -79,7 +80,9 @@ class MongoDBSessionManager(RepositorySessionManager):
         session_repository: An existing :class:`MongoDBSessionRepository` to use instead of building
             one (the factory does this).
         session_ttl: Optional idle expiry for sessions (see :class:`MongoDBSessionRepository`).
-        **kwargs: ``MongoClient`` options (``maxPoolSize``, ``serverSelectionTimeoutMS``, ...) go to
+        **kwargs: ``binary_offload_bytes``, ``overflow_threshold_bytes`` and
+            ``overflow_collection_name`` go to the repository (see :class:`MongoDBSessionRepository`);
+            ``MongoClient`` options (``maxPoolSize``, ``serverSelectionTimeoutMS``, ...) go to
             the client; anything else goes to ``RepositorySessionManager``. The reference design's
             ``metadataHook=`` and ``feedbackHook=`` spellings are accepted too.
 
@@ -111,6 +114,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         for name, hook in (("metadata_hook", metadata_hook), ("feedback_hook", feedback_hook)):
             if hook is not None and not callable(hook):
                 raise SessionValidationError(name, f"must be callable, got {type(hook).__name__}")
+        storage_options = {name: kwargs.pop(name) for name in STORAGE_OPTIONS if name in kwargs}
         client_options, parent_kwargs = split_client_options(kwargs)
         if session_repository is None:
             session_repository = MongoDBSessionRepository(
@@ -119,13 +123,16 @@ class MongoDBSessionManager(RepositorySessionManager):
                 collection_name=collection_name,
                 client=client,
                 session_ttl=session_ttl,
+                **storage_options,
                 **client_options,
             )
             self._owns_repository = True
         else:
-            if client_options:
+            if client_options or storage_options:
                 raise SessionValidationError(
-                    "kwargs", f"client options {sorted(client_options)} cannot apply to a session_repository passed in"
+                    "kwargs",
+                    f"options {sorted({**client_options, **storage_options})} cannot apply to a session_repository "
+                    "passed in; configure that repository",
                 )
             self._owns_repository = False
         self.mongodb_repository = session_repository

@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_COLLECTION_NAME", "DEFAULT_DATABASE_NAME", "MongoDBSessionRepository"]
+__all__ = ["DEFAULT_COLLECTION_NAME", "DEFAULT_DATABASE_NAME", "STORAGE_OPTIONS", "MongoDBSessionRepository"]
 
 DEFAULT_DATABASE_NAME = "strands_sessions"
 DEFAULT_COLLECTION_NAME = "sessions"
@@ -94,6 +94,9 @@ _TOO_LARGE_CODES = frozenset({10334, 17419, 17420, 13548})
 # $slice needs a positive count; this stands for "all the rest".
 _SLICE_ALL = 2**31 - 1
 
+#: Repository arguments that shape storage outside the session document; the manager and the
+#: factory accept them too and pass them on.
+STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name")
 #: Binary values larger than this many bytes are stored outside the session document by default.
 DEFAULT_BINARY_OFFLOAD_BYTES = 256 * 1024
 #: Session document size at which the oldest messages start moving out, by default.
