@@ -106,6 +106,8 @@ _MIN_OVERFLOW_THRESHOLD = 16 * 1024
 _MAX_OVERFLOW_THRESHOLD = 12 * 1024 * 1024
 # Largest stored message entry (after binaries moved out): what fits in a document with room to spare.
 MAX_MESSAGE_BYTES = MAX_DOCUMENT_SIZE - 16 * 1024
+# Fields the repository itself keeps beside a stored message.
+_ENTRY_BOOKKEEPING = frozenset({"blobs"})
 # Times a move of old messages is retried when another writer changed the agent meanwhile.
 _MOVE_ATTEMPTS = 5
 
@@ -1272,7 +1274,7 @@ class MongoDBSessionRepository(SessionRepository):
         validate_message_id(message_id)
         for name in fields:
             validate_metadata_key(name)
-            if name in MESSAGE_FIELDS:
+            if name in MESSAGE_FIELDS or name in _ENTRY_BOOKKEEPING:
                 raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
         self._update_entry(session_id, agent_id, message_id, fields, "set message fields", "fields")
 

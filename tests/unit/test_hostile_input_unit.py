@@ -212,6 +212,7 @@ REFUSED_BEFORE_IO = [
     pytest.param(lambda r: r.list_sessions(after=""), id="empty-after"),
     pytest.param(lambda r: r.set_message_fields("s", "a", 0, {"$inc": 1}), id="operator-field"),
     pytest.param(lambda r: r.set_message_fields("s", "a", 0, {"message": {}}), id="message-field"),
+    pytest.param(lambda r: r.set_message_fields("s", "a", 0, {"blobs": []}), id="bookkeeping-field"),
 ]
 
 
