@@ -485,7 +485,8 @@ class MongoDBSessionRepository(SessionRepository):
                 self._extend_companions(session_id)
                 extended = retry = True
             if size_limit is not None and not compacted and state.size > size_limit:
-                self._move_old_messages(session_id)
+                # Make room for what this write adds, and at least down to half the threshold.
+                self._move_old_messages(session_id, target=max(0, min(size_limit, self.overflow_threshold_bytes // 2)))
                 compacted = retry = True  # retried without the size condition: it may not fit below it
             if not retry:
                 return False, None
@@ -502,8 +503,11 @@ class MongoDBSessionRepository(SessionRepository):
             return None
         return _StorageState(int(documents[0]["size"]), documents[0].get("companions_until"))
 
-    def _move_old_messages(self, session_id: str) -> bool:
-        """Move the oldest messages out of the session document until it is at half the threshold.
+    def _move_old_messages(self, session_id: str, target: int | None = None) -> bool:
+        """Move the oldest messages out of the session document until it is at ``target`` bytes.
+
+        ``target`` defaults to half the overflow threshold, so moves happen once per half-threshold
+        of appends rather than at every append.
 
         Copy, then commit: the messages are read, written into new bucket documents, and only then
         removed from the session document, by one update that also records the buckets. That
@@ -518,7 +522,8 @@ class MongoDBSessionRepository(SessionRepository):
         Raises:
             SessionConflictError: Other writers kept changing the agents' messages.
         """
-        target = self.overflow_threshold_bytes // 2
+        if target is None:
+            target = self.overflow_threshold_bytes // 2
         for _attempt in range(_MOVE_ATTEMPTS):
             layout = self._message_layout(session_id)
             if layout is None:

@@ -164,6 +164,16 @@ def test_the_document_stays_under_the_threshold_as_old_messages_move_out(
         )
 
 
+def test_a_large_message_gets_the_room_it_needs(repo: MongoDBSessionRepository) -> None:
+    _session(repo, "room", "a")
+    messages = _conversation(repo, "room", "a", 26)  # ~9 KB: over half the threshold
+    large = _message("a", 26, size=9000)  # fits under the threshold only if enough moves out
+    repo.create_message("room", "a", large)
+
+    assert len(bson.encode(_stored(repo, "room"))) <= THRESHOLD
+    assert repo.list_messages("room", "a") == [*messages, large]
+
+
 def test_every_read_across_the_boundary_returns_the_stored_messages(
     repo: MongoDBSessionRepository, long_session: list[SessionMessage]
 ) -> None:
