@@ -336,7 +336,9 @@ class MongoDBSessionRepository(SessionRepository):
             # all to one that outlives any session under the new TTL (see _extend_companions).
             until = self._companions_expiry(self.session_ttl_seconds)
             self.overflow.update_many({}, {"$set": {"expire_at": until}})
-            self.collection.update_many({"companions": True}, {"$set": {"companions_until": until}})
+            self.collection.update_many(
+                {"companions": True}, {"$set": {"companions_until": until}, "$inc": {"size_estimate": 32}}
+            )
             logger.info(
                 "collection=<%s>, ttl_seconds=<%s> | session expiry changed",
                 self.collection_name,
@@ -403,7 +405,7 @@ class MongoDBSessionRepository(SessionRepository):
 
     def _mark_companions(self, session_id: str, expire_at: datetime | None) -> None:
         """Record on the session, before writing overflow documents, that it has some (and their expiry)."""
-        update: dict[str, Any] = {"$set": {"companions": True}}
+        update: dict[str, Any] = {"$set": {"companions": True}, "$inc": {"size_estimate": 64}}
         if expire_at is not None:
             update["$min"] = {"companions_until": expire_at}
         with self._errors(session_id, "prepare overflow storage"):
@@ -434,25 +436,31 @@ class MongoDBSessionRepository(SessionRepository):
     ) -> tuple[bool, dict[str, Any] | None]:
         """One update of the session document, keeping what is stored outside it consistent.
 
-        Two conditions ride in the filter and cost nothing while they hold: the session's overflow
-        documents must not expire before it (when sessions expire), and, for appends
-        (``size_limit``), the document must stay under the overflow threshold. When the update
-        matches nothing, one read tells whether a condition was the reason; the remedy (extend the
-        expiry, move old messages out) runs and the update is retried. A write the server refuses
-        as too large is retried once after moving old messages out.
+        Every write adds the encoded size of what it writes (``payload``) to the document's
+        ``size_estimate``, an upper bound of the document's size (moves and calibrations bring it
+        back to the measured size). Two conditions ride in the filter, on plain fields, and cost
+        nothing while they hold: the session's overflow documents must not expire before it (when
+        sessions expire), and, for appends (``size_limit``), the estimate must leave room under the
+        overflow threshold. When the update matches nothing, one read tells whether a condition was
+        the reason; the remedy (extend the expiry; move old messages out, or correct an estimate
+        that was too cautious) runs and the update is retried. A write the server refuses as too
+        large is retried once after moving old messages out.
 
         Returns:
             ``(matched, document)``; ``document`` is the ``returning`` projection of the document
             (before or after, per ``return_document``) when ``returning`` is given.
         """
+        update = _with_growth(update, _bson_size(payload) or 0)
         extended = compacted = False
+        unexplained = 0
         while True:
             filter_ = dict(query)
             deadline = self._companions_deadline()
             if deadline is not None:
                 filter_["companions_until"] = {"$not": {"$lt": deadline}}
             if size_limit is not None and not compacted:
-                filter_["$expr"] = {"$lte": [{"$bsonSize": "$$ROOT"}, size_limit]}
+                # A plain field, not $expr: a filter of plain fields is found by _id on any server.
+                filter_["size_estimate"] = {"$not": {"$gt": size_limit}}
             try:
                 with self._errors(session_id, operation, field, payload):
                     if returning is None:
@@ -484,24 +492,48 @@ class MongoDBSessionRepository(SessionRepository):
             if deadline is not None and not extended and stale:
                 self._extend_companions(session_id)
                 extended = retry = True
-            if size_limit is not None and not compacted and state.size > size_limit:
-                # Make room for what this write adds, and at least down to half the threshold.
-                self._move_old_messages(session_id, target=max(0, min(size_limit, self.overflow_threshold_bytes // 2)))
+            if size_limit is not None and not compacted and (state.estimate or 0) > size_limit:
+                if state.size > size_limit:
+                    # Make room for what this write adds, and at least down to half the threshold.
+                    target = max(0, min(size_limit, self.overflow_threshold_bytes // 2))
+                    self._move_old_messages(session_id, target=target)
+                else:
+                    self._correct_estimate(session_id, state)
                 compacted = retry = True  # retried without the size condition: it may not fit below it
             if not retry:
-                return False, None
+                # Our conditions hold now. If the caller's own do too, another writer fixed what
+                # failed in the meantime (moved messages, extended the expiry): try again.
+                with self._errors(session_id, operation):
+                    if self.collection.find_one(query, {"_id": 1}) is None or unexplained >= _MOVE_ATTEMPTS:
+                        return False, None
+                unexplained += 1
 
     def _storage_state(self, session_id: str) -> _StorageState | None:
-        """The session document's size and overflow expiry (one small aggregate), ``None`` if absent."""
+        """The session document's size, size estimate and overflow expiry (one small aggregate)."""
         pipeline: list[dict[str, Any]] = [
             {"$match": {"_id": session_id}},
-            {"$project": {"_id": 0, "size": {"$bsonSize": "$$ROOT"}, "companions_until": 1}},
+            {
+                "$project": {
+                    "_id": 0,
+                    "size": {"$bsonSize": "$$ROOT"},
+                    "size_estimate": 1,
+                    "companions_until": 1,
+                }
+            },
         ]
         with self._errors(session_id, "read session size"):
             documents = list(self.collection.aggregate(pipeline))
         if not documents:
             return None
-        return _StorageState(int(documents[0]["size"]), documents[0].get("companions_until"))
+        document = documents[0]
+        return _StorageState(int(document["size"]), document.get("size_estimate"), document.get("companions_until"))
+
+    def _correct_estimate(self, session_id: str, state: _StorageState) -> None:
+        """Bring ``size_estimate`` down to the measured size (writes since the measure keep their share)."""
+        with self._errors(session_id, "correct size estimate"):
+            self.collection.update_one(
+                {"_id": session_id}, {"$inc": {"size_estimate": state.size - (state.estimate or 0)}}
+            )
 
     def _move_old_messages(self, session_id: str, target: int | None = None) -> bool:
         """Move the oldest messages out of the session document until it is at ``target`` bytes.
@@ -528,7 +560,7 @@ class MongoDBSessionRepository(SessionRepository):
             layout = self._message_layout(session_id)
             if layout is None:
                 return False
-            size, resident_sizes = layout
+            size, estimate, resident_sizes = layout
             if size <= target:
                 return True
             plan = plan_moves(resident_sizes, size - target)
@@ -548,7 +580,8 @@ class MongoDBSessionRepository(SessionRepository):
             self._mark_companions(session_id, expire_at)
             buckets: list[dict[str, Any]] = []
             condition: dict[str, Any] = {"_id": session_id}
-            update: dict[str, Any] = {"$pull": {}, "$inc": {}, "$push": {}}
+            # The estimate becomes the measured size, less what moves out, plus the descriptors.
+            update: dict[str, Any] = {"$pull": {}, "$inc": {"size_estimate": size - estimate + 64}, "$push": {}}
             for key in plan:
                 stored = document["agents"][key]
                 moved_before = int(stored.get("overflow_count") or 0)
@@ -581,6 +614,8 @@ class MongoDBSessionRepository(SessionRepository):
                 condition[f"{path}.edits"] = edits if edits else {"$exists": False}
                 update["$pull"][f"{path}.messages"] = {"message_id": {"$lt": moved_before + len(entries)}}
                 update["$inc"][f"{path}.overflow_count"] = len(entries)
+                update["$inc"]["size_estimate"] += _bson_size(descriptors) or 0
+                update["$inc"]["size_estimate"] -= sum(sizes)
                 update["$push"][f"{path}.overflow"] = {"$each": descriptors}
             if not buckets:
                 return False
@@ -591,7 +626,7 @@ class MongoDBSessionRepository(SessionRepository):
                 logger.debug(
                     "session_id=<%s>, moved=<%s>, buckets=<%d> | old messages moved to overflow storage",
                     session_id,
-                    {key: count for key, count in update["$inc"].items()},
+                    {key: count for key, count in update["$inc"].items() if key != "size_estimate"},
                     len(buckets),
                 )
                 return True
@@ -602,14 +637,15 @@ class MongoDBSessionRepository(SessionRepository):
             f"session_id=<{session_id}> | could not move old messages out: other writers kept changing them"
         )
 
-    def _message_layout(self, session_id: str) -> tuple[int, dict[str, list[int]]] | None:
-        """The document's size and the size of each agent's resident messages, oldest first."""
+    def _message_layout(self, session_id: str) -> tuple[int, int, dict[str, list[int]]] | None:
+        """The document's size, its size estimate, and the size of each agent's resident messages."""
         pipeline: list[dict[str, Any]] = [
             {"$match": {"_id": session_id}},
             {
                 "$project": {
                     "_id": 0,
                     "size": {"$bsonSize": "$$ROOT"},
+                    "size_estimate": 1,
                     "agents": {
                         "$map": {
                             "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
@@ -634,7 +670,7 @@ class MongoDBSessionRepository(SessionRepository):
         if not documents:
             return None
         agents = {agent["k"]: list(agent["sizes"]) for agent in documents[0].get("agents") or []}
-        return int(documents[0]["size"]), agents
+        return int(documents[0]["size"]), int(documents[0].get("size_estimate") or 0), agents
 
     def _store_blobs(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> None:
         """Write offloaded binary values (before the message that refers to them)."""
@@ -902,6 +938,7 @@ class MongoDBSessionRepository(SessionRepository):
         """
         session_id = validate_id(session.session_id, "session_id")
         document = session_to_document(session)
+        document["size_estimate"] = len(bson.encode(document)) + 32
         try:
             with self._errors(session_id, "create session", "session"):
                 self.collection.insert_one(document)
@@ -1424,7 +1461,7 @@ class MongoDBSessionRepository(SessionRepository):
             pipeline,
             operation="add feedback",
             field="feedback",
-            payload=entry,
+            payload={**entry, "created_at": utc_now()},
             returning={"feedbacks": {"$slice": -1}, "_id": 0},
         )
         if document is None:
@@ -1498,7 +1535,16 @@ class MongoDBSessionRepository(SessionRepository):
 @dataclass(frozen=True)
 class _StorageState:
     size: int
+    estimate: int | None
     companions_until: datetime | None
+
+
+def _with_growth(update: Any, grows_by: int) -> Any:
+    """``update`` that also adds ``grows_by`` to the document's ``size_estimate`` (a copy)."""
+    if isinstance(update, list):  # a pipeline update
+        stage = {"$set": {"size_estimate": {"$add": [{"$ifNull": ["$size_estimate", 0]}, grows_by]}}}
+        return [*update, stage]
+    return {**update, "$inc": {**update.get("$inc", {}), "size_estimate": grows_by}}
 
 
 def _expiry_margin(ttl: int) -> float:
