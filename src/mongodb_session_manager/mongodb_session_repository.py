@@ -488,8 +488,8 @@ class MongoDBSessionRepository(SessionRepository):
             if state is None:
                 return False, None
             retry = False
-            stale = state.companions_until is not None and _aware(state.companions_until) < deadline
-            if deadline is not None and not extended and stale:
+            until = state.companions_until
+            if deadline is not None and not extended and until is not None and _aware(until) < deadline:
                 self._extend_companions(session_id)
                 extended = retry = True
             if size_limit is not None and not compacted and (state.estimate or 0) > size_limit:
