@@ -34,8 +34,17 @@ from .errors import SessionStorageError, SessionValidationError
 REFERENCE_SUBTYPE = 0x80
 #: Largest chunk document payload. 1 MB images fit in one chunk; larger values take several.
 CHUNK_BYTES = 4 * 1024 * 1024
-#: Most bytes of messages put into one bucket document.
+#: Most bytes of messages put into one bucket document by a move.
 BUCKET_BYTES = 2 * 1024 * 1024
+#: Small buckets are merged, up to this many bytes each, once an agent has more than
+#: ``max_buckets(threshold)`` of them.
+MERGED_BUCKET_BYTES = 8 * 1024 * 1024
+
+
+def max_buckets(threshold: int) -> int:
+    """Descriptors an agent may keep before small buckets merge: about 1/16 of the threshold's bytes."""
+    return max(16, threshold // 1024)
+
 
 _REFERENCE_LENGTH = 12 + 8 + 32  # ObjectId, length (big-endian), SHA-256
 
@@ -226,4 +235,23 @@ def split_into_buckets(sizes: Sequence[int], max_bytes: int = BUCKET_BYTES) -> l
         total += size
     if start < len(sizes):
         runs.append((start, len(sizes) - start))
+    return runs
+
+
+def plan_merges(
+    sizes: Sequence[int], max_bytes: int = MERGED_BUCKET_BYTES, full_bytes: int = BUCKET_BYTES
+) -> list[tuple[int, int]]:
+    """Group consecutive small buckets into ``(start, count)`` runs of at most ``max_bytes``; runs of 2+ only.
+
+    Each descriptor a session document keeps costs it ~60 bytes: merging small buckets keeps their
+    number proportional to the history's size, whatever the threshold. Buckets of ``full_bytes``
+    or more are never rewritten (they would be copied again at every merge).
+    """
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index in range(len(sizes) + 1):
+        if index == len(sizes) or sizes[index] >= full_bytes:
+            small = sizes[start:index]
+            runs.extend((start + first, count) for first, count in split_into_buckets(small, max_bytes) if count > 1)
+            start = index + 1
     return runs

@@ -62,7 +62,9 @@ from ._overflow import (
     chunk_documents,
     entry_size,
     find_references,
+    max_buckets,
     offload_binaries,
+    plan_merges,
     plan_moves,
     restore_binaries,
     split_into_buckets,
@@ -572,6 +574,7 @@ class MongoDBSessionRepository(SessionRepository):
                 projection[f"agents.{key}.agent_id"] = 1
                 projection[f"agents.{key}.overflow_count"] = 1
                 projection[f"agents.{key}.edits"] = 1
+                projection[f"agents.{key}.overflow.id"] = 1
             with self._errors(session_id, "read messages to move"):
                 document = self.collection.find_one({"_id": session_id}, projection)
             if document is None:
@@ -579,6 +582,7 @@ class MongoDBSessionRepository(SessionRepository):
             expire_at = self._companions_expiry()
             self._mark_companions(session_id, expire_at)
             buckets: list[dict[str, Any]] = []
+            crowded: list[str] = []
             condition: dict[str, Any] = {"_id": session_id}
             # The estimate becomes the measured size, less what moves out, plus the descriptors.
             update: dict[str, Any] = {"$pull": {}, "$inc": {"size_estimate": size - estimate + 64}, "$push": {}}
@@ -608,7 +612,16 @@ class MongoDBSessionRepository(SessionRepository):
                     if expire_at is not None:
                         bucket["expire_at"] = expire_at
                     buckets.append(bucket)
-                    descriptors.append({"id": bucket["_id"], "first": bucket["first"], "count": count})
+                    descriptors.append(
+                        {
+                            "id": bucket["_id"],
+                            "first": bucket["first"],
+                            "count": count,
+                            "bytes": sum(sizes[start : start + count]),
+                        }
+                    )
+                if len(stored.get("overflow") or []) + len(descriptors) > max_buckets(self.overflow_threshold_bytes):
+                    crowded.append(key)
                 path = f"agents.{key}"
                 condition[f"{path}.overflow_count"] = moved_before if moved_before else {"$exists": False}
                 condition[f"{path}.edits"] = edits if edits else {"$exists": False}
@@ -629,6 +642,8 @@ class MongoDBSessionRepository(SessionRepository):
                     {key: count for key, count in update["$inc"].items() if key != "size_estimate"},
                     len(buckets),
                 )
+                for key in crowded:
+                    self._merge_buckets(session_id, key)
                 return True
             # Another writer moved or edited these messages first: ours are copies nobody refers to.
             with self._errors(session_id, "discard unused buckets"):
@@ -636,6 +651,81 @@ class MongoDBSessionRepository(SessionRepository):
         raise SessionConflictError(
             f"session_id=<{session_id}> | could not move old messages out: other writers kept changing them"
         )
+
+    def _merge_buckets(self, session_id: str, key: str) -> None:
+        """Merge an agent's small adjacent buckets, so the descriptors the session keeps stay few.
+
+        The same copy-then-commit as a move: the merged buckets are written, then one update
+        replaces the descriptor list, only if no move or edit happened since it was read
+        (``overflow_count``, ``edits``; edits of moved messages count too). The replaced buckets are
+        deleted after the commit; a reader that still follows an old descriptor finds its bucket
+        gone and reads again. A merge that loses a race is dropped: the next move tries again.
+        """
+        path = f"agents.{key}"
+        with self._errors(session_id, "read bucket descriptors"):
+            document = self.collection.find_one(
+                {"_id": session_id},
+                {f"{path}.overflow": 1, f"{path}.overflow_count": 1, f"{path}.edits": 1, f"{path}.agent_id": 1},
+            )
+        stored = _dig(document, path)
+        descriptors = list((stored or {}).get("overflow") or [])
+        groups = plan_merges([int(d.get("bytes") or 0) for d in descriptors])
+        if stored is None or not groups:
+            return
+        merged_ids = [d["id"] for start, count in groups for d in descriptors[start : start + count]]
+        with self._errors(session_id, "read buckets to merge"):
+            old = {doc["_id"]: doc for doc in self.overflow.find({"_id": {"$in": merged_ids}})}
+        if len(old) != len(merged_ids):
+            return  # another merge replaced some of them: its commit wins
+        expire_at = self._companions_expiry()
+        new_descriptors: list[dict[str, Any]] = []
+        new_buckets: list[dict[str, Any]] = []
+        position = 0
+        for start, count in groups:
+            new_descriptors.extend(descriptors[position:start])
+            group = descriptors[start : start + count]
+            bucket: dict[str, Any] = {
+                "_id": ObjectId(),
+                "kind": "messages",
+                "session_id": session_id,
+                "agent_id": stored.get("agent_id"),
+                "first": group[0]["first"],
+                "count": sum(d["count"] for d in group),
+                "messages": [entry for d in group for entry in old[d["id"]].get("messages") or []],
+            }
+            if expire_at is not None:
+                bucket["expire_at"] = expire_at
+            new_buckets.append(bucket)
+            new_descriptors.append(
+                {
+                    "id": bucket["_id"],
+                    "first": bucket["first"],
+                    "count": bucket["count"],
+                    "bytes": sum(int(d.get("bytes") or 0) for d in group),
+                }
+            )
+            position = start + count
+        new_descriptors.extend(descriptors[position:])
+        moved, edits = int(stored.get("overflow_count") or 0), int(stored.get("edits") or 0)
+        with self._errors(session_id, "merge buckets"):
+            self.overflow.insert_many(new_buckets, ordered=True)
+            result = self.collection.update_one(
+                {
+                    "_id": session_id,
+                    f"{path}.overflow_count": moved if moved else {"$exists": False},
+                    f"{path}.edits": edits if edits else {"$exists": False},
+                },
+                {"$set": {f"{path}.overflow": new_descriptors}},
+            )
+            unused = merged_ids if result.matched_count else [bucket["_id"] for bucket in new_buckets]
+            self.overflow.delete_many({"_id": {"$in": unused}})
+        if result.matched_count:
+            logger.debug(
+                "session_id=<%s>, buckets=<%d->%d> | overflow buckets merged",
+                session_id,
+                len(descriptors),
+                len(new_descriptors),
+            )
 
     def _message_layout(self, session_id: str) -> tuple[int, int, dict[str, list[int]]] | None:
         """The document's size, its size estimate, and the size of each agent's resident messages."""
@@ -744,6 +834,20 @@ class MongoDBSessionRepository(SessionRepository):
     def _read_entries(
         self, session_id: str, agent_id: str, offset: int, limit: int | None
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """Read stored entries ``[offset, offset + limit)`` of an agent (see :meth:`_read_entries_once`).
+
+        A bucket that disappeared between the two reads was replaced by a merge: read again.
+        """
+        for _attempt in range(_MOVE_ATTEMPTS - 1):
+            try:
+                return self._read_entries_once(session_id, agent_id, offset, limit)
+            except _BucketGone:
+                continue
+        return self._read_entries_once(session_id, agent_id, offset, limit)
+
+    def _read_entries_once(
+        self, session_id: str, agent_id: str, offset: int, limit: int | None
+    ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Read stored entries ``[offset, offset + limit)`` of an agent, wherever they are.
 
         One aggregate on the session document returns the resident part of the range and the
@@ -850,7 +954,7 @@ class MongoDBSessionRepository(SessionRepository):
             for descriptor in sorted(descriptors, key=lambda d: d["first"]):
                 bucket = buckets.get(descriptor["id"])
                 if bucket is None:
-                    raise SessionStorageError(
+                    raise _BucketGone(
                         f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages from message_id "
                         f"{descriptor['first']} are missing from {self.overflow_collection_name}"
                     )
@@ -904,29 +1008,39 @@ class MongoDBSessionRepository(SessionRepository):
         )
         with self._errors(session_id, operation):
             document = self.collection.find_one({"_id": session_id}, {f"{path}.overflow": 1})
-        descriptor = next(
-            (
-                d
-                for d in (_dig(document, f"{path}.overflow") or [])
-                if d["first"] <= message_id < d["first"] + d["count"]
-            ),
-            None,
-        )
-        if descriptor is None:
-            raise not_found
         bucket_changes = {f"messages.$[m].{name}": value for name, value in fields.items()}
-        with self._errors(session_id, operation, field, bucket_changes):
-            old_bucket = self.overflow.find_one_and_update(
-                {"_id": descriptor["id"], "messages.message_id": message_id},
-                {"$set": bucket_changes},
-                projection=_old_refs_projection("$messages", message_id),
-                array_filters=[{"m.message_id": message_id}],
-                return_document=ReturnDocument.BEFORE,
+        old_refs: list[BlobRef] = []
+        for _attempt in range(_MOVE_ATTEMPTS):
+            descriptor = _descriptor_of(_dig(document, f"{path}.overflow"), message_id)
+            if descriptor is None:
+                raise not_found
+            with self._errors(session_id, operation, field, bucket_changes):
+                old_bucket = self.overflow.find_one_and_update(
+                    {"_id": descriptor["id"], "messages.message_id": message_id},
+                    {"$set": bucket_changes},
+                    projection=_old_refs_projection("$messages", message_id),
+                    array_filters=[{"m.message_id": message_id}],
+                    return_document=ReturnDocument.BEFORE,
+                )
+            if old_bucket is not None:
+                old_refs.extend(_old_refs(old_bucket))
+            # Count the edit (a merge that copied this bucket before it then fails its commit), and
+            # check the bucket is still the one holding the message: a merge that committed
+            # meanwhile copied it before our update, so apply the update again to its replacement.
+            _, document = self._write_session(
+                session_id,
+                {"_id": session_id},
+                {"$set": {"updated_date": utc_now()}, "$inc": {f"{path}.edits": 1}},
+                operation=operation,
+                returning={f"{path}.overflow": 1},
             )
-        if old_bucket is None:
-            raise not_found
-        self._write_session(session_id, {"_id": session_id}, {"$set": {"updated_date": utc_now()}}, operation=operation)
-        return _old_refs(old_bucket)
+            current = _descriptor_of(_dig(document, f"{path}.overflow"), message_id)
+            if old_bucket is not None and current is not None and current["id"] == descriptor["id"]:
+                return old_refs
+        raise SessionConflictError(
+            f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | the moved message kept "
+            "being reorganised while it was updated; retry"
+        )
 
     # ------------------------------------------------------------------ sessions
 
@@ -1330,6 +1444,15 @@ class MongoDBSessionRepository(SessionRepository):
         """
         validate_id(session_id, "session_id")
         validate_id(agent_id, "agent_id")
+        for attempt in range(_MOVE_ATTEMPTS):
+            try:
+                return self._message_metrics_once(session_id, agent_id)
+            except _BucketGone:
+                if attempt == _MOVE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _message_metrics_once(self, session_id: str, agent_id: str) -> list[dict[str, Any]]:
         path = f"agents.{encode_field_name(agent_id)}"
         with self._errors(session_id, "read message metrics"):
             document = self.collection.find_one(
@@ -1347,10 +1470,14 @@ class MongoDBSessionRepository(SessionRepository):
             entries: list[Any] = []
             descriptors = stored.get("overflow") or []
             if descriptors:
-                buckets = self.overflow.find(
-                    {"_id": {"$in": [d["id"] for d in descriptors]}},
-                    {"first": 1, "messages.message_id": 1, "messages.event_loop_metrics": 1},
+                buckets = list(
+                    self.overflow.find(
+                        {"_id": {"$in": [d["id"] for d in descriptors]}},
+                        {"first": 1, "messages.message_id": 1, "messages.event_loop_metrics": 1},
+                    )
                 )
+                if len(buckets) != len(descriptors):
+                    raise _BucketGone(f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages are missing")
                 for bucket in sorted(buckets, key=lambda b: b["first"]):
                     entries.extend(bucket.get("messages") or [])
         entries.extend(stored.get("messages") or [])
@@ -1532,6 +1659,10 @@ class MongoDBSessionRepository(SessionRepository):
         ]
 
 
+class _BucketGone(SessionStorageError):
+    """A bucket a descriptor named was not found (replaced by a merge meanwhile, or lost)."""
+
+
 @dataclass(frozen=True)
 class _StorageState:
     size: int
@@ -1550,6 +1681,14 @@ def _with_growth(update: Any, grows_by: int) -> Any:
 def _expiry_margin(ttl: int) -> float:
     """Seconds by which overflow documents' expiry leads their session's (a quarter TTL, 1 s to 1 h)."""
     return float(min(max(ttl / 4, 1.0), 3600.0))
+
+
+def _descriptor_of(descriptors: Any, message_id: int) -> dict[str, Any] | None:
+    """The bucket descriptor whose range holds ``message_id``."""
+    for descriptor in descriptors or []:
+        if descriptor["first"] <= message_id < descriptor["first"] + descriptor["count"]:
+            return dict(descriptor)
+    return None
 
 
 def _old_refs_projection(messages: Any, message_id: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from mongodb_session_manager import (
     SessionValidationError,
 )
 from mongodb_session_manager._documents import encode_field_name
+from mongodb_session_manager._overflow import max_buckets
 from mongodb_session_manager.errors import SessionConflictError
 
 THRESHOLD = 16 * 1024
@@ -375,6 +376,24 @@ def test_deleting_a_short_session_is_still_one_command(repo: MongoDBSessionRepos
     assert replies.names == ["findAndModify"]
 
 
+def test_a_long_history_keeps_few_descriptors_and_the_document_under_the_threshold(
+    repo: MongoDBSessionRepository,
+) -> None:
+    # Each move of ~8 KB makes a bucket; without merging, their descriptors alone would outgrow a
+    # 16 KiB document after ~1,000 such messages.
+    _session(repo, "endless", "a")
+    messages = [_message("a", i, size=1500) for i in range(700)]
+    for message in messages:
+        repo.create_message("endless", "a", message)
+
+    document = _stored(repo, "endless")
+    assert len(bson.encode(document)) <= THRESHOLD
+    assert len(document["agents"]["a"]["overflow"]) <= max_buckets(THRESHOLD) + 2
+    _assert_no_stray_buckets(repo, "endless")
+    assert repo.list_messages("endless", "a") == messages
+    assert repo.list_messages("endless", "a", offset=333, limit=3) == messages[333:336]
+
+
 # ------------------------------------------------------------------------------------------ races
 
 
@@ -428,6 +447,38 @@ def test_two_moves_racing_move_each_message_once(
 
     assert repo.list_messages("movers", "a") == messages + next_messages
     _assert_no_stray_buckets(repo, "movers")
+
+
+class _RacingMerge(MongoDBSessionRepository):
+    """Runs ``interfere`` once, between a merge's read of the buckets and its commit."""
+
+    interfere: Any = None
+
+    def _companions_expiry(self, ttl: int | None = None) -> Any:
+        interfere, self.interfere = self.interfere, None
+        if interfere is not None:
+            interfere()
+        return super()._companions_expiry(ttl)
+
+
+def test_a_redaction_during_a_merge_of_buckets_is_not_lost(
+    client: MongoClient[dict[str, Any]], database_name: str, repo: MongoDBSessionRepository
+) -> None:
+    _session(repo, "merge", "a")
+    messages = _conversation(repo, "merge", "a", 240)
+    racing = _RacingMerge(client=client, database_name=database_name, overflow_threshold_bytes=THRESHOLD)
+    descriptors_before = _stored(repo, "merge")["agents"]["a"]["overflow"]
+    assert len(descriptors_before) > 1
+    redacted = SessionMessage(message={"role": "user", "content": [{"text": "redacted mid-merge"}]}, message_id=2)
+    racing.interfere = lambda: repo.update_message("merge", "a", redacted)
+
+    racing._merge_buckets("merge", "a")  # loses to the redaction: nothing changes
+    assert [d["id"] for d in _stored(repo, "merge")["agents"]["a"]["overflow"]] == [d["id"] for d in descriptors_before]
+    racing._merge_buckets("merge", "a")  # merges, keeping the redaction
+
+    assert len(_stored(repo, "merge")["agents"]["a"]["overflow"]) < len(descriptors_before)
+    assert _content(repo.list_messages("merge", "a")) == _content([*messages[:2], redacted, *messages[3:]])
+    _assert_no_stray_buckets(repo, "merge")
 
 
 def _assert_no_stray_buckets(repo: MongoDBSessionRepository, session_id: str) -> None:

@@ -18,6 +18,7 @@ from mongodb_session_manager._overflow import (
     chunk_documents,
     find_references,
     offload_binaries,
+    plan_merges,
     plan_moves,
     restore_binaries,
     split_into_buckets,
@@ -167,3 +168,11 @@ def test_storage_options_have_documented_defaults() -> None:
     assert repository.overflow_threshold_bytes == 4 * 1024 * 1024
     assert repository.overflow_collection_name == "chats_overflow"
     assert repository.overflow.name == "chats_overflow"
+
+
+def test_merges_group_small_adjacent_buckets_and_leave_single_ones() -> None:
+    assert plan_merges([10, 10, 10, 100, 10], max_bytes=30, full_bytes=1000) == [(0, 3)]
+    assert plan_merges([10, 10, 10, 10], max_bytes=20, full_bytes=1000) == [(0, 2), (2, 2)]
+    assert plan_merges([50, 50], max_bytes=60, full_bytes=1000) == []
+    # Full buckets are never copied again; the small ones around them merge among themselves.
+    assert plan_merges([500, 10, 10, 500, 10, 10, 10], max_bytes=1000, full_bytes=500) == [(1, 2), (4, 3)]
