@@ -435,6 +435,7 @@ class MongoDBSessionRepository(SessionRepository):
         size_limit: int | None = None,
         returning: dict[str, Any] | None = None,
         return_document: bool = ReturnDocument.AFTER,
+        growth: int | None = None,
     ) -> tuple[bool, dict[str, Any] | None]:
         """One update of the session document, keeping what is stored outside it consistent.
 
@@ -448,11 +449,15 @@ class MongoDBSessionRepository(SessionRepository):
         that was too cautious) runs and the update is retried. A write the server refuses as too
         large is retried once after moving old messages out.
 
+        Args:
+            growth: What the write adds to the document, in bytes, when the caller knows it better
+                than the encoded ``payload`` (an append: the entry and its array index).
+
         Returns:
             ``(matched, document)``; ``document`` is the ``returning`` projection of the document
             (before or after, per ``return_document``) when ``returning`` is given.
         """
-        update = _with_growth(update, _bson_size(payload) or 0)
+        update = _with_growth(update, growth if growth is not None else _bson_size(payload) or 0)
         extended = compacted = False
         unexplained = 0
         while True:
@@ -1246,6 +1251,7 @@ class MongoDBSessionRepository(SessionRepository):
         if extras is not None and extras[0] is session_message.message:
             entry.update(extras[1])
         blobs = self._offload(session_id, entry, "append message")
+        size = entry_size(entry)
         if blobs:
             self._store_blobs(session_id, blobs)
         try:
@@ -1260,8 +1266,10 @@ class MongoDBSessionRepository(SessionRepository):
                 operation="append message",
                 field="session_message",
                 payload=entry,
-                # Room for the entry and the array index; beyond it, old messages move out first.
-                size_limit=self.overflow_threshold_bytes - entry_size(entry) - 64,
+                # The entry, its array index key (up to 7 bytes) and type byte.
+                growth=size + 8,
+                # Room for them; beyond it, old messages move out first.
+                size_limit=self.overflow_threshold_bytes - size - 8,
             )
             if not matched:
                 self._raise_append_failure(session_id, agent_id, message_id)
