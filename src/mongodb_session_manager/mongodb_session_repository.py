@@ -500,7 +500,9 @@ class MongoDBSessionRepository(SessionRepository):
                 self._extend_companions(session_id)
                 extended = retry = True
             if size_limit is not None and not compacted and (state.estimate or 0) > size_limit:
-                if state.size > size_limit:
+                # Close to the limit (the estimate runs a little ahead of the size), moving now saves
+                # a correction followed by a move at the next append.
+                if state.size > size_limit - max(1024, self.overflow_threshold_bytes // 64):
                     # Make room for what this write adds, and at least down to half the threshold.
                     target = max(0, min(size_limit, self.overflow_threshold_bytes // 2))
                     self._move_old_messages(session_id, target=target)
