@@ -15,6 +15,7 @@ import argparse
 import collections
 import logging
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from pymongo import MongoClient
 
 from ._harness import Traffic, machine_facts
 from ._report import Table, count, ms, ratio
-from ._scenarios import WINDOW, Bench, Results, Settings, run_all
+from ._scenarios import IMAGE_EVERY, LONG_THRESHOLD, WINDOW, Append, Bench, LongRestore, Results, Settings, run_all
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -137,6 +138,27 @@ def targets(results: Results) -> Table:
         + f" {'/'.join(count(size) for size in sorted(sizes))} B",
         _yes(all(cost.traffic.count == 1 for cost in appends) and max(sizes) - min(sizes) <= 16),
     )
+    for history, restores in _by_history(results.long_restores).items():
+        window = min(restore.window for restore in restores)
+        same_window = [restore for restore in restores if restore.window == window]
+        received = [restore.traffic.received for restore in same_window]
+        table.add(
+            f"long session ({history}): a restore's bytes follow its window ({window}), not the history",
+            "; ".join(
+                f"{count(r.stored)} stored ({_mb(r.stored_bytes)}): {count(r.traffic.received)} B" for r in same_window
+            ),
+            _yes(max(received) <= 1.01 * min(received)),
+        )
+    text = [append for append in results.appends if append.kind == "text"]
+    if text:
+        plain = [append for append in text if not append.moved]
+        moved = len(text) - len(plain)
+        table.add(
+            "long session: an append is 1 command unless it moves old messages out",
+            f"{count(len(plain))} of {count(len(text))} appends: 1 command; {count(moved)} moved messages out;"
+            f" {sum(a.traffic.count for a in text) / len(text):.2f} commands per append on average",
+            _yes(all(append.traffic.commands == ("update",) for append in plain)),
+        )
     table.notes.append(
         "commands and bytes are deterministic; tests/integration/test_cost_targets.py, test_restore_cost.py and"
         " test_factory.py assert them."
@@ -227,26 +249,48 @@ def build_tables(results: Results) -> list[Table]:
     if results.storage is not None:
         storage = results.storage
         binary = Table("A binary content block", ["where", "encoding", "bytes", "x raw"])
-        binary.add("the image itself", "raw bytes", count(storage.raw), ratio(1.0))
+        kb = f"{storage.raw // 1024:,} KB image"
+        binary.add(f"{kb}: the image itself", "raw bytes", count(storage.raw), ratio(1.0))
         binary.add(
-            "MongoDB: the update command that appends it",
+            f"{kb}: the update command that appends it",
             "BSON Binary",
             count(storage.sent),
             ratio(storage.sent / storage.raw),
         )
         binary.add(
-            "MongoDB: the stored message entry",
+            f"{kb}: the stored message entry (in the session document)",
             "BSON Binary",
             count(storage.stored),
             ratio(storage.stored / storage.raw),
         )
         binary.add(
-            "FileSessionManager: the message file",
+            f"{kb}: FileSessionManager's message file",
             "base64 in JSON",
             count(storage.file_stored),
             ratio(storage.file_stored / storage.raw),
         )
+        offloaded = results.offloaded
+        if offloaded is not None:
+            kb = f"{offloaded.raw // 1024:,} KB image"
+            binary.add(
+                f"{kb}: the commands that append it",
+                "BSON Binary",
+                count(offloaded.sent),
+                ratio(offloaded.sent / offloaded.raw),
+            )
+            binary.add(
+                f"{kb}: its chunk document (overflow collection)",
+                "BSON Binary",
+                count(offloaded.chunks),
+                ratio(offloaded.chunks / offloaded.raw),
+            )
+            binary.add(f"{kb}: its message entry (in the session document)", "reference", count(offloaded.entry), "-")
+        binary.notes.append(
+            "values larger than binary_offload_bytes (default 256 KiB) are stored in chunk documents of the overflow"
+            " collection; the message keeps a reference (id, length, SHA-256). Values up to it stay in the message."
+        )
         tables.append(binary)
+    tables += long_sessions(results)
 
     if results.requests:
         factory = results.requests[-1].request.median
@@ -337,6 +381,145 @@ def build_tables(results: Results) -> list[Table]:
             " MongoDBConnectionPool.get_pool_stats()."
         )
         tables.append(load)
+    return tables
+
+
+def _mb(size: float) -> str:
+    return f"{size / 1_000_000:,.1f} MB"
+
+
+def _by_history(restores: list[LongRestore]) -> dict[str, list[LongRestore]]:
+    grouped: dict[str, list[LongRestore]] = {}
+    for restore in restores:
+        grouped.setdefault(restore.history, []).append(restore)
+    return grouped
+
+
+def _outside(restore: LongRestore) -> str:
+    parts = []
+    if restore.moved:
+        parts.append(f"{count(restore.moved)} messages in {count(restore.buckets)} buckets")
+    if restore.blobs:
+        parts.append(f"{count(restore.blobs)} images")
+    return ", ".join(parts) or "nothing"
+
+
+def _typical_commands(appends: list[Append]) -> str:
+    """The command list most of ``appends`` sent (they differ only on a collection's first overflow write)."""
+    sequences = collections.Counter(append.traffic.commands for append in appends)
+    commands = sequences.most_common(1)[0][0]
+    return _commands(next(append.traffic for append in appends if append.traffic.commands == commands))
+
+
+def long_sessions(results: Results) -> list[Table]:
+    """Restoring windows of long sessions, and what appending to them costs."""
+    tables = []
+    if results.long_restores:
+        restores = Table(
+            f"Long sessions: restoring a window (overflow_threshold_bytes = {LONG_THRESHOLD // 1024} KiB)",
+            [
+                "history",
+                "messages",
+                "bytes stored",
+                "outside the session document",
+                "window",
+                "commands",
+                "bytes received",
+                "restored messages (BSON)",
+                "received / restored",
+                "received / stored",
+                "median ms",
+                "x pymongo floor",
+            ],
+        )
+        labels = {
+            "text": "text: questions and ~8 KB answers",
+            "images": f"images: a 1 MiB image in every {IMAGE_EVERY}th message",
+        }
+        for restore in results.long_restores:
+            restores.add(
+                labels.get(restore.history, restore.history),
+                count(restore.stored),
+                _mb(restore.stored_bytes),
+                _outside(restore),
+                count(restore.window),
+                _commands(restore.traffic),
+                count(restore.traffic.received),
+                count(restore.restored_bytes),
+                ratio(restore.traffic.received / restore.restored_bytes),
+                f"{100 * restore.traffic.received / restore.stored_bytes:.2f}%",
+                ms(restore.timing.median),
+                ratio(restore.timing.median / restore.floor.median),
+            )
+        restores.notes += [
+            "each history is built by appending through the repository, one message at a time, and restored at"
+            " each length by a fresh MongoDBSessionManager + Agent(...) with SlidingWindowConversationManager of"
+            " that window. 'bytes stored' is the session document plus its documents in the overflow collection.",
+            "when an append would take the session document past overflow_threshold_bytes, its oldest messages move,"
+            " in order, into bucket documents until it is at half the threshold; a window that reaches into them"
+            " costs one more aggregate, which reads only the window's part of each bucket. Images above"
+            " binary_offload_bytes are read back in one find.",
+            f"the threshold is kept small ({LONG_THRESHOLD // 1024} KiB instead of the default 4 MiB) so that a few"
+            " thousand appends move most of the history out on this slow server; with the default, the same happens"
+            " at 16 times the size.",
+        ]
+        tables.append(restores)
+
+    text = [append for append in results.appends if append.kind == "text"]
+    images = [append for append in results.appends if append.kind == "image"]
+    if text:
+        appends = Table(
+            f"Long sessions: appending (overflow_threshold_bytes = {LONG_THRESHOLD // 1024} KiB)",
+            ["append", "appends", "commands", "bytes sent", "bytes received", "ms", "x plain append"],
+        )
+        plain = [append for append in text if not append.moved]
+        moved = [append for append in text if append.moved]
+        base = statistics.median(append.ms for append in plain)
+
+        def add(label: str, group: list[Append], commands: str, elapsed: float) -> None:
+            appends.add(
+                label,
+                count(len(group)),
+                commands,
+                count(sum(append.traffic.sent for append in group) / len(group)),
+                count(sum(append.traffic.received for append in group) / len(group)),
+                ms(elapsed),
+                ratio(elapsed / base),
+            )
+
+        add("a text message, nothing moves", plain, _typical_commands(plain), base)
+        if moved:
+            add(
+                "a text message whose append moves old messages out",
+                moved,
+                _typical_commands(moved),
+                statistics.median(append.ms for append in moved),
+            )
+        add(
+            f"all {count(len(text))} text appends, amortised",
+            text,
+            f"{sum(append.traffic.count for append in text) / len(text):.2f}",
+            statistics.mean(append.ms for append in text),
+        )
+        if images:
+            add(
+                "a message with a 1 MiB image (stored outside the document)",
+                images,
+                _typical_commands(images),
+                statistics.median(append.ms for append in images),
+            )
+        appends.notes += [
+            "the appends that built the histories above, each recorded on its own; bytes are means per append. 'ms'"
+            " is the median, except for the amortised row: its mean (the total time divided by the appends).",
+            "a move reads the messages it moves, writes them into a bucket and removes them from the session"
+            " document: every message is sent twice over its life (append, move) and read once by the move.",
+        ]
+        if any("createIndexes" in append.traffic.commands for append in results.appends):
+            appends.notes.append(
+                "the first write to a collection's overflow storage also creates its two indexes (createIndexes x2),"
+                " once per process."
+            )
+        tables.append(appends)
     return tables
 
 

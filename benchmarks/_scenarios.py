@@ -7,6 +7,7 @@ conversation is run through Strands' ``FileSessionManager`` on local disk for co
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import tempfile
 import threading
@@ -33,6 +34,7 @@ from mongodb_session_manager import (
     initialize_global_factory,
 )
 from mongodb_session_manager._documents import agent_to_fields, message_to_entry, session_to_document
+from mongodb_session_manager._overflow import REFERENCE_SUBTYPE
 
 from ._files import CountingFileSessionManager, FileIO
 from ._harness import Contestant, Recorder, Timing, Traffic, interleave
@@ -45,6 +47,14 @@ ASSISTANT_TEXT = (
     "Here is where we are: the venue is the riverside hall for the evening of the 14th, the budget "
     "stays at 4,000 with catering as the largest item, and the guest list has 42 confirmed names. "
 ) * 3
+#: A long answer (~8 KB), as agents that work through documents and tool results give.
+LONG_ANSWER_TEXT = ASSISTANT_TEXT * 15
+#: ``overflow_threshold_bytes`` of the long-session scenarios. Small, so that a few thousand appends
+#: move most of a history out of the session document; with the default (4 MiB) the same happens
+#: at 16 times the size.
+LONG_THRESHOLD = 256 * 1024
+#: In the image session, every ``IMAGE_EVERY``-th message is a user message holding an image.
+IMAGE_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,13 @@ class Settings:
     requests: int = 40
     throughput: tuple[tuple[int, int], ...] = ((1, 100), (8, 50))
     turns_per_session: int = 2
+    # Long sessions: one history is appended to and restored at each of these lengths (messages).
+    long_checkpoints: tuple[int, ...] = (1000, 4000)
+    long_windows: tuple[int, ...] = (20, 40, 100)
+    # The image session: restored when it holds this many images.
+    image_checkpoints: tuple[int, ...] = (10, 20)
+    image_windows: tuple[int, ...] = (20, 40)
+    offloaded_image_bytes: int = 1024 * 1024
 
     @classmethod
     def quick(cls) -> Settings:
@@ -66,6 +83,8 @@ class Settings:
             append_repeats=((10, 3), (100, 3), (1000, 3), (5000, 2)),
             requests=8,
             throughput=((1, 20), (4, 5)),
+            long_checkpoints=(200, 600),
+            image_checkpoints=(2, 4),
         )
 
 
@@ -128,6 +147,47 @@ class Storage:
 
 
 @dataclass
+class Append:
+    """One append to a long session, as the build recorded it."""
+
+    kind: str  # "text" (long session), "image", "text beside images" (the image session's other messages)
+    traffic: Traffic
+    ms: float
+
+    @property
+    def moved(self) -> bool:
+        """Whether this append moved old messages out (a text append writes nothing else)."""
+        return self.kind == "text" and "insert" in self.traffic.commands
+
+
+@dataclass
+class LongRestore:
+    """Restoring a window of a long session, most of whose history may be outside its document."""
+
+    history: str  # "text" or "images"
+    stored: int  # messages
+    stored_bytes: int  # the session document and its overflow documents
+    moved: int  # messages moved out into buckets
+    buckets: int
+    blobs: int  # binary values stored outside the document
+    window: int
+    restored_bytes: int  # BSON size of the messages the agent got back
+    traffic: Traffic
+    timing: Timing
+    floor: Timing
+
+
+@dataclass
+class Offloaded:
+    """How a binary value above ``binary_offload_bytes`` is stored: chunk document(s) and a reference."""
+
+    raw: int
+    sent: int  # the commands of the append (chunk insert and message update included)
+    chunks: int  # BSON bytes of its chunk documents
+    entry: int  # BSON bytes of the message entry that refers to it
+
+
+@dataclass
 class Results:
     floor_read: Cost
     floor_write: Cost
@@ -137,6 +197,9 @@ class Results:
     requests: list[RequestCost] = field(default_factory=list)
     client_cost: ClientCost | None = None
     throughput: list[Throughput] = field(default_factory=list)
+    long_restores: list[LongRestore] = field(default_factory=list)
+    appends: list[Append] = field(default_factory=list)
+    offloaded: Offloaded | None = None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -156,23 +219,54 @@ def conversation(count: int) -> list[SessionMessage]:
     ]
 
 
-def stored_agent(count: int) -> SessionAgent:
-    """The agent record of a conversation of ``count`` messages under a sliding window of ``WINDOW``."""
-    agent = SessionAgent.from_agent(new_agent(None))
+def long_conversation(start: int, stop: int) -> list[SessionMessage]:
+    """Messages ``start`` to ``stop - 1`` of a long working session: questions (~0.2 KB), long answers (~8 KB)."""
+    return [
+        SessionMessage(
+            message={
+                "role": "user" if i % 2 == 0 else "assistant",
+                "content": [{"text": f"[{i:05d}] " + (USER_TEXT if i % 2 == 0 else LONG_ANSWER_TEXT)}],
+            },
+            message_id=i,
+        )
+        for i in range(start, stop)
+    ]
+
+
+def image_bytes(message_id: int, size: int) -> bytes:
+    """The (incompressible, reproducible) image carried by message ``message_id`` of the image session."""
+    return random.Random(message_id).randbytes(size)
+
+
+def image_conversation(start: int, stop: int, size: int) -> list[SessionMessage]:
+    """Messages ``start`` to ``stop - 1`` of a conversation where every ``IMAGE_EVERY``-th message holds an image."""
+    messages = conversation(stop)[start:]
+    for message in messages:
+        if message.message_id % IMAGE_EVERY == 0:
+            image = {"image": {"format": "png", "source": {"bytes": image_bytes(message.message_id, size)}}}
+            message.message["content"].append(image)
+    return messages
+
+
+def stored_agent(count: int, window: int = WINDOW) -> SessionAgent:
+    """The agent record of a conversation of ``count`` messages under a sliding window of ``window``."""
+    agent = SessionAgent.from_agent(new_agent(None, window))
     agent.conversation_manager_state = {
         **agent.conversation_manager_state,
-        "removed_message_count": max(0, count - WINDOW),
+        "removed_message_count": max(0, count - window),
     }
     return agent
 
 
-def _window() -> SlidingWindowConversationManager:
-    return SlidingWindowConversationManager(window_size=WINDOW)
+def _window(size: int) -> SlidingWindowConversationManager:
+    return SlidingWindowConversationManager(window_size=size)
 
 
-def new_agent(manager: SessionManager | None) -> Agent:
-    """The agent every scenario uses: offline model, sliding window of ``WINDOW`` messages."""
-    return Agent(model=ReplyModel(), session_manager=manager, conversation_manager=_window(), callback_handler=None)
+def new_agent(manager: SessionManager | None, window: int = WINDOW) -> Agent:
+    """The agent every scenario uses: offline model, sliding window of ``window`` messages (``WINDOW``)."""
+    return Agent(
+        model=ReplyModel(), session_manager=manager, conversation_manager=_window(window), callback_handler=None
+    )
 
 
 # --------------------------------------------------------------------------------------------- bench
@@ -430,6 +524,166 @@ def image_turn(bench: Bench) -> tuple[Cost, Storage]:
     return cost, storage
 
 
+# ----------------------------------------------------------------------------------- long sessions
+
+
+def _long_repository(bench: Bench, collection_name: str) -> MongoDBSessionRepository:
+    """A repository whose sessions move old messages out at ``LONG_THRESHOLD``, in a collection of its own."""
+    return MongoDBSessionRepository(
+        client=bench.client,
+        database_name=bench.database_name,
+        collection_name=collection_name,
+        overflow_threshold_bytes=LONG_THRESHOLD,
+    )
+
+
+def _append_all(
+    bench: Bench, repository: MongoDBSessionRepository, session_id: str, messages: list[SessionMessage], kind: str
+) -> list[Append]:
+    """Append ``messages`` one by one through the repository, recording each append's commands and time.
+
+    Each append is recorded as ``kind``, or as ``"image"`` if its message holds an image.
+    """
+    appends = []
+    bench.recorder.take()
+    for message in messages:
+        start = time.perf_counter()
+        repository.create_message(session_id, "default", message)
+        elapsed = (time.perf_counter() - start) * 1000
+        has_image = any("image" in block for block in message.message["content"])
+        appends.append(Append("image" if has_image else kind, bench.recorder.take(), elapsed))
+    return appends
+
+
+def _stored_layout(bench: Bench, repository: MongoDBSessionRepository, session_id: str) -> tuple[int, int, int, int]:
+    """``(bytes stored, messages moved out, buckets, offloaded values)`` of a session, document and overflow."""
+    document = next(
+        repository.collection.aggregate(
+            [
+                {"$match": {"_id": session_id}},
+                {
+                    "$project": {
+                        "size": {"$bsonSize": "$$ROOT"},
+                        "moved": {"$ifNull": ["$agents.default.overflow_count", 0]},
+                        "buckets": {"$size": {"$ifNull": ["$agents.default.overflow", []]}},
+                    }
+                },
+            ]
+        )
+    )
+    sizes = {
+        group["_id"]: group
+        for group in repository.overflow.aggregate(
+            [
+                {"$match": {"session_id": session_id}},
+                {"$group": {"_id": "$kind", "bytes": {"$sum": {"$bsonSize": "$$ROOT"}}, "count": {"$sum": 1}}},
+            ]
+        )
+    }
+    bench.recorder.take()
+    stored = int(document["size"]) + sum(int(group["bytes"]) for group in sizes.values())
+    blobs = int(sizes.get("blob", {}).get("count", 0))
+    return stored, int(document["moved"]), int(document["buckets"]), blobs
+
+
+def _restore_window(
+    bench: Bench, repository: MongoDBSessionRepository, session_id: str, history: str, stored: int, window: int
+) -> LongRestore:
+    """A fresh ``MongoDBSessionManager`` + ``Agent(...)`` restoring the last ``window`` of ``stored`` messages."""
+    repository.update_agent(session_id, stored_agent(stored, window))
+    stored_bytes, moved, buckets, blobs = _stored_layout(bench, repository, session_id)
+    restored: list[Agent] = []
+
+    def mongo(_: Any) -> None:
+        manager = MongoDBSessionManager(
+            session_id,
+            client=bench.client,
+            database_name=bench.database_name,
+            collection_name=repository.collection_name,
+            overflow_threshold_bytes=LONG_THRESHOLD,
+        )
+        restored[:] = [new_agent(manager, window)]
+
+    (timing, traffic), (floor, _) = interleave(bench.settings.repeats, [_mongo(bench, mongo), _floor(bench, "read")])
+    messages = restored[0].messages
+    first = max(0, stored - window)
+    assert len(messages) == stored - first, (len(messages), stored, window)
+    assert messages[0]["content"][0]["text"].startswith(f"[{first:05d}]"), messages[0]["content"][0]
+    return LongRestore(
+        history=history,
+        stored=stored,
+        stored_bytes=stored_bytes,
+        moved=moved,
+        buckets=buckets,
+        blobs=blobs,
+        window=window,
+        restored_bytes=len(bson.encode({"messages": messages})),
+        traffic=traffic,
+        timing=timing,
+        floor=floor,
+    )
+
+
+def long_text_session(bench: Bench) -> tuple[list[LongRestore], list[Append]]:
+    """One long working session, appended through the repository and restored at each checkpoint."""
+    repository = _long_repository(bench, "long_text")
+    session_id = bench.session_id("long")
+    repository.create_session(Session(session_id=session_id, session_type=SessionType.AGENT))
+    repository.create_agent(session_id, stored_agent(0))
+    restores: list[LongRestore] = []
+    appends: list[Append] = []
+    stored = 0
+    for checkpoint in bench.settings.long_checkpoints:
+        appends += _append_all(bench, repository, session_id, long_conversation(stored, checkpoint), "text")
+        stored = checkpoint
+        for window in bench.settings.long_windows:
+            restores.append(_restore_window(bench, repository, session_id, "text", stored, window))
+    return restores, appends
+
+
+def image_session(bench: Bench) -> tuple[list[LongRestore], list[Append], Offloaded]:
+    """A conversation with a large image in every ``IMAGE_EVERY``-th message, restored at each checkpoint."""
+    size = bench.settings.offloaded_image_bytes
+    repository = _long_repository(bench, "long_images")
+    assert size > repository.binary_offload_bytes, "the image session is about images stored outside the document"
+    session_id = bench.session_id("images")
+    repository.create_session(Session(session_id=session_id, session_type=SessionType.AGENT))
+    repository.create_agent(session_id, stored_agent(0))
+    restores: list[LongRestore] = []
+    appends: list[Append] = []
+    stored = 0
+    for checkpoint in bench.settings.image_checkpoints:
+        messages = image_conversation(stored, checkpoint * IMAGE_EVERY, size)
+        appends += _append_all(bench, repository, session_id, messages, "text beside images")
+        stored = checkpoint * IMAGE_EVERY
+        for window in bench.settings.image_windows:
+            restores.append(_restore_window(bench, repository, session_id, "images", stored, window))
+    # How the first image is stored: its message entry holds a reference, its bytes are in a chunk document.
+    document = repository.collection.find_one(
+        {"_id": session_id},
+        {"agents.default.messages": {"$slice": [0, 1]}, "agents.default.message_count": 1},
+    )
+    assert document is not None
+    entry = document["agents"]["default"]["messages"][0]
+    assert entry["message"]["content"][1]["image"]["source"]["bytes"].subtype == REFERENCE_SUBTYPE
+    chunks = next(
+        repository.overflow.aggregate(
+            [
+                {"$match": {"session_id": session_id, "kind": "blob"}},
+                {"$limit": 1},
+                {"$project": {"size": {"$bsonSize": "$$ROOT"}}},
+            ]
+        )
+    )
+    bench.recorder.take()
+    last_image = [append for append in appends if append.kind == "image"][-1]
+    offloaded = Offloaded(
+        raw=size, sent=last_image.traffic.sent, chunks=int(chunks["size"]), entry=len(bson.encode(entry))
+    )
+    assert offloaded.chunks < size + 1024, "one chunk document per image of this size"
+    return restores, appends, offloaded
+
+
 # --------------------------------------------------------------------------------------- requests
 
 
@@ -603,6 +857,14 @@ def run_all(bench: Bench, progress: Callable[[str], None]) -> Results:
     progress("binary block")
     cost, results.storage = image_turn(bench)
     results.costs.append(cost)
+    progress(f"a long session, appended to {bench.settings.long_checkpoints[-1]:,} messages")
+    restores, appends = long_text_session(bench)
+    results.long_restores += restores
+    results.appends += appends
+    progress(f"a session with {bench.settings.image_checkpoints[-1]} images stored outside its document")
+    restores, appends, results.offloaded = image_session(bench)
+    results.long_restores += restores
+    results.appends += appends
     progress("a manager per request")
     results.client_cost = client_cost(bench)
     results.requests = per_request(bench)
