@@ -818,8 +818,14 @@ class MongoDBSessionRepository(SessionRepository):
         restored: list[dict[str, Any]] = restore_binaries(entries, lookup)
         return restored
 
-    def _offload(self, session_id: str, entry: dict[str, Any], operation: str) -> list[tuple[BlobRef, bytes]]:
-        """Move large binaries of a message entry out (in place) and check what is left fits."""
+    def _offload(
+        self, session_id: str, entry: dict[str, Any], operation: str
+    ) -> tuple[list[tuple[BlobRef, bytes]], int]:
+        """Move large binaries of a message entry out (in place) and check what is left fits.
+
+        Returns:
+            The values moved out, and the entry's encoded size without them.
+        """
         blobs: list[tuple[BlobRef, bytes]] = []
         for name in ("message", "redact_message"):
             if entry.get(name) is not None:
@@ -836,7 +842,7 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionTooLargeError(
                 session_id, size, MAX_DOCUMENT_SIZE, f"{operation}: one message, after its binaries moved out"
             )
-        return blobs
+        return blobs, size
 
     def _read_entries(
         self, session_id: str, agent_id: str, offset: int, limit: int | None
@@ -1252,8 +1258,7 @@ class MongoDBSessionRepository(SessionRepository):
         extras = _message_extras.get()
         if extras is not None and extras[0] is session_message.message:
             entry.update(extras[1])
-        blobs = self._offload(session_id, entry, "append message")
-        size = entry_size(entry)
+        blobs, size = self._offload(session_id, entry, "append message")
         if blobs:
             self._store_blobs(session_id, blobs)
         try:
@@ -1326,7 +1331,7 @@ class MongoDBSessionRepository(SessionRepository):
             "redact_message": session_message.redact_message,
             "updated_at": updated_at,
         }
-        blobs = self._offload(session_id, fields, "update message")
+        blobs, _ = self._offload(session_id, fields, "update message")
         fields.setdefault("blobs", [])
         if blobs:
             self._store_blobs(session_id, blobs)
