@@ -17,6 +17,8 @@ Layout of one session document (``_id`` is the session id)::
           "agent_id": "<agent_id>", "state": {...}, "conversation_manager_state": {...},
           "_internal_state": {...}, "created_at": "...", "updated_at": "...",
           "message_count": <int>,
+          # once old messages have moved to the overflow collection (see _overflow.py):
+          "overflow_count": <int>, "overflow": [{"id", "first", "count", "bytes"}, ...], "edits": <int>,
           "messages": [
             {"message_id": 0, "message": {...}, "redact_message": null,
              "created_at": "...", "updated_at": "...",
@@ -27,6 +29,8 @@ Layout of one session document (``_id`` is the session id)::
       },
       "multi_agents": {"<encoded id>": {"id": "...", "state": {...}, "created_at": "...", "updated_at": "..."}},
       "metadata": {...}, "feedbacks": [...]     # managed by MongoDBSessionManager
+      "size_estimate": <int>,                  # an upper bound of this document's size
+      "companions": true, "companions_until": <BSON date>   # only with overflow documents
     }
 
 Timestamps of sessions, agents and messages are stored as the ISO strings Strands hands us (with

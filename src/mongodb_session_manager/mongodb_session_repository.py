@@ -5,7 +5,8 @@ one MongoDB command on the hot path:
 
 * appending a message is a single conditional ``$push``: it succeeds only if the agent has exactly
   ``message_id`` messages stored, so two writers can never create duplicate ids or holes;
-* reading messages uses ``$slice`` projections, so only the requested messages travel;
+* reading messages is one ``aggregate`` that slices the array on the server, so only the requested
+  messages travel;
 * updating (redacting) a message uses ``array_filters``, so the array is never read;
 * reading a session or an agent projects away the message arrays.
 
