@@ -205,32 +205,24 @@ class Results:
 # ---------------------------------------------------------------------------------------------- data
 
 
-def conversation(count: int) -> list[SessionMessage]:
-    """``count`` messages alternating user / assistant, of realistic size (~200 and ~600 bytes)."""
+def conversation(count: int, start: int = 0, answer: str = ASSISTANT_TEXT) -> list[SessionMessage]:
+    """Messages ``start`` to ``count - 1``, alternating user / assistant: questions of ~200 bytes, answers
+    of ``answer`` (~600 bytes by default)."""
     return [
         SessionMessage(
             message={
                 "role": "user" if i % 2 == 0 else "assistant",
-                "content": [{"text": f"[{i:05d}] " + (USER_TEXT if i % 2 == 0 else ASSISTANT_TEXT)}],
+                "content": [{"text": f"[{i:05d}] " + (USER_TEXT if i % 2 == 0 else answer)}],
             },
             message_id=i,
         )
-        for i in range(count)
+        for i in range(start, count)
     ]
 
 
 def long_conversation(start: int, stop: int) -> list[SessionMessage]:
     """Messages ``start`` to ``stop - 1`` of a long working session: questions (~0.2 KB), long answers (~8 KB)."""
-    return [
-        SessionMessage(
-            message={
-                "role": "user" if i % 2 == 0 else "assistant",
-                "content": [{"text": f"[{i:05d}] " + (USER_TEXT if i % 2 == 0 else LONG_ANSWER_TEXT)}],
-            },
-            message_id=i,
-        )
-        for i in range(start, stop)
-    ]
+    return conversation(stop, start, LONG_ANSWER_TEXT)
 
 
 def image_bytes(message_id: int, size: int) -> bytes:

@@ -188,6 +188,33 @@ def assemble_blob(ref: BlobRef, chunks: Mapping[int, bytes], session_id: str) ->
     return data
 
 
+def bucket_document(
+    session_id: str,
+    agent_id: Any,
+    first: int,
+    entries: list[dict[str, Any]],
+    size: int,
+    expire_at: datetime | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A new bucket holding ``entries`` (message ids from ``first``), and the descriptor the session keeps of it.
+
+    Args:
+        size: The entries' encoded size, recorded in the descriptor (merges plan with it).
+    """
+    bucket: dict[str, Any] = {
+        "_id": ObjectId(),
+        "kind": "messages",
+        "session_id": session_id,
+        "agent_id": agent_id,
+        "first": first,
+        "count": len(entries),
+        "messages": entries,
+    }
+    if expire_at is not None:
+        bucket["expire_at"] = expire_at
+    return bucket, {"id": bucket["_id"], "first": first, "count": len(entries), "bytes": size}
+
+
 def entry_size(entry: Mapping[str, Any]) -> int:
     """Encoded size of one message entry, in bytes."""
     return len(bson.encode(entry))

@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Collection as Collection_
-from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import bson
 from bson.errors import InvalidDocument, InvalidStringData
@@ -60,6 +60,7 @@ from ._documents import (
 from ._overflow import (
     BlobRef,
     assemble_blob,
+    bucket_document,
     chunk_documents,
     entry_size,
     find_references,
@@ -608,31 +609,21 @@ class MongoDBSessionRepository(SessionRepository):
                 descriptors = []
                 sizes = [entry_size(entry) for entry in entries]
                 for start, count in split_into_buckets(sizes):
-                    bucket: dict[str, Any] = {
-                        "_id": ObjectId(),
-                        "kind": "messages",
-                        "session_id": session_id,
-                        "agent_id": stored.get("agent_id"),
-                        "first": moved_before + start,
-                        "count": count,
-                        "messages": entries[start : start + count],
-                    }
-                    if expire_at is not None:
-                        bucket["expire_at"] = expire_at
-                    buckets.append(bucket)
-                    descriptors.append(
-                        {
-                            "id": bucket["_id"],
-                            "first": bucket["first"],
-                            "count": count,
-                            "bytes": sum(sizes[start : start + count]),
-                        }
+                    bucket, descriptor = bucket_document(
+                        session_id,
+                        stored.get("agent_id"),
+                        moved_before + start,
+                        entries[start : start + count],
+                        sum(sizes[start : start + count]),
+                        expire_at,
                     )
+                    buckets.append(bucket)
+                    descriptors.append(descriptor)
                 if len(stored.get("overflow") or []) + len(descriptors) > max_buckets(self.overflow_threshold_bytes):
                     crowded.append(key)
                 path = f"agents.{key}"
-                condition[f"{path}.overflow_count"] = moved_before if moved_before else {"$exists": False}
-                condition[f"{path}.edits"] = edits if edits else {"$exists": False}
+                condition[f"{path}.overflow_count"] = _counter_is(moved_before)
+                condition[f"{path}.edits"] = _counter_is(edits)
                 update["$pull"][f"{path}.messages"] = {"message_id": {"$lt": moved_before + len(entries)}}
                 update["$inc"][f"{path}.overflow_count"] = len(entries)
                 update["$inc"]["size_estimate"] += _bson_size(descriptors) or 0
@@ -692,26 +683,16 @@ class MongoDBSessionRepository(SessionRepository):
         for start, count in groups:
             new_descriptors.extend(descriptors[position:start])
             group = descriptors[start : start + count]
-            bucket: dict[str, Any] = {
-                "_id": ObjectId(),
-                "kind": "messages",
-                "session_id": session_id,
-                "agent_id": stored.get("agent_id"),
-                "first": group[0]["first"],
-                "count": sum(d["count"] for d in group),
-                "messages": [entry for d in group for entry in old[d["id"]].get("messages") or []],
-            }
-            if expire_at is not None:
-                bucket["expire_at"] = expire_at
-            new_buckets.append(bucket)
-            new_descriptors.append(
-                {
-                    "id": bucket["_id"],
-                    "first": bucket["first"],
-                    "count": bucket["count"],
-                    "bytes": sum(int(d.get("bytes") or 0) for d in group),
-                }
+            bucket, descriptor = bucket_document(
+                session_id,
+                stored.get("agent_id"),
+                group[0]["first"],
+                [entry for d in group for entry in old[d["id"]].get("messages") or []],
+                sum(int(d.get("bytes") or 0) for d in group),
+                expire_at,
             )
+            new_buckets.append(bucket)
+            new_descriptors.append(descriptor)
             position = start + count
         new_descriptors.extend(descriptors[position:])
         moved, edits = int(stored.get("overflow_count") or 0), int(stored.get("edits") or 0)
@@ -720,8 +701,8 @@ class MongoDBSessionRepository(SessionRepository):
             result = self.collection.update_one(
                 {
                     "_id": session_id,
-                    f"{path}.overflow_count": moved if moved else {"$exists": False},
-                    f"{path}.edits": edits if edits else {"$exists": False},
+                    f"{path}.overflow_count": _counter_is(moved),
+                    f"{path}.edits": _counter_is(edits),
                 },
                 {"$set": {f"{path}.overflow": new_descriptors}},
             )
@@ -852,12 +833,7 @@ class MongoDBSessionRepository(SessionRepository):
 
         A bucket that disappeared between the two reads was replaced by a merge: read again.
         """
-        for _attempt in range(_MOVE_ATTEMPTS - 1):
-            try:
-                return self._read_entries_once(session_id, agent_id, offset, limit)
-            except _BucketGone:
-                continue
-        return self._read_entries_once(session_id, agent_id, offset, limit)
+        return _reading_again_if_merged(lambda: self._read_entries_once(session_id, agent_id, offset, limit))
 
     def _read_entries_once(
         self, session_id: str, agent_id: str, offset: int, limit: int | None
@@ -1460,13 +1436,7 @@ class MongoDBSessionRepository(SessionRepository):
         """
         validate_id(session_id, "session_id")
         validate_id(agent_id, "agent_id")
-        for attempt in range(_MOVE_ATTEMPTS):
-            try:
-                return self._message_metrics_once(session_id, agent_id)
-            except _BucketGone:
-                if attempt == _MOVE_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return _reading_again_if_merged(lambda: self._message_metrics_once(session_id, agent_id))
 
     def _message_metrics_once(self, session_id: str, agent_id: str) -> list[dict[str, Any]]:
         path = f"agents.{encode_field_name(agent_id)}"
@@ -1677,6 +1647,25 @@ class MongoDBSessionRepository(SessionRepository):
 
 class _BucketGone(SessionStorageError):
     """A bucket a descriptor named was not found (replaced by a merge meanwhile, or lost)."""
+
+
+_T = TypeVar("_T")
+
+
+def _reading_again_if_merged(read: Callable[[], _T]) -> _T:
+    """Run a read that follows bucket descriptors; if a bucket was gone (a merge replaced it after
+    the descriptors were read), read again, a few times, before reporting it."""
+    for _attempt in range(_MOVE_ATTEMPTS - 1):
+        try:
+            return read()
+        except _BucketGone:
+            continue
+    return read()
+
+
+def _counter_is(value: int) -> Any:
+    """Filter condition: a counter kept with ``$inc`` still has ``value`` (0 means never set)."""
+    return value if value else {"$exists": False}
 
 
 @dataclass(frozen=True)
