@@ -44,7 +44,11 @@ from mongodb_session_manager.hooks import (
     is_metadata_sqs_hook_available,
 )
 from mongodb_session_manager.hooks._delivery import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_SEND_TIMEOUT,
+    client_config,
     describe_error,
+    encoded_size,
     is_aws_text,
     message_group_id,
     region_from_queue_url,
@@ -367,6 +371,8 @@ def test_feedback_notification_body() -> None:
         ({"max_comment_chars": -1}, "max_comment_chars"),
         ({"max_queue_size": 0}, "max_queue_size"),
         ({"exit_flush_timeout": -1}, "exit_flush_timeout"),
+        ({"send_timeout": 0}, "send_timeout"),
+        ({"max_queue_bytes": 0}, "max_queue_bytes"),
     ],
 )
 def test_bad_feedback_hook_options_are_refused(options: dict[str, Any], field: str) -> None:
@@ -380,6 +386,56 @@ def test_bad_metadata_fields_are_refused(fields: Any) -> None:
     with pytest.raises(SessionValidationError) as info:
         MetadataSQSHook(QUEUE_URL, fields, sqs_client=ScriptedClient())
     assert info.value.field == "metadata_fields"
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"send_timeout": 0}, "send_timeout"),
+        ({"send_timeout": -1.5}, "send_timeout"),
+        ({"send_timeout": float("nan")}, "send_timeout"),
+        ({"send_timeout": float("inf")}, "send_timeout"),
+        ({"send_timeout": True}, "send_timeout"),
+        ({"send_timeout": "3"}, "send_timeout"),
+        ({"max_queue_bytes": 0}, "max_queue_bytes"),
+        ({"max_queue_bytes": -1}, "max_queue_bytes"),
+        ({"max_queue_bytes": 1.5}, "max_queue_bytes"),
+        ({"max_queue_bytes": True}, "max_queue_bytes"),
+        ({"max_queue_bytes": "16MiB"}, "max_queue_bytes"),
+    ],
+)
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **options: FeedbackSNSHook(TOPIC_ARN, sns_client=ScriptedClient(), **options),
+        lambda **options: create_feedback_sns_hook(TOPIC_ARN, sns_client=ScriptedClient(), **options),
+        lambda **options: MetadataSQSHook(QUEUE_URL, sqs_client=ScriptedClient(), **options),
+        lambda **options: create_metadata_sqs_hook(QUEUE_URL, sqs_client=ScriptedClient(), **options),
+    ],
+    ids=["FeedbackSNSHook", "create_feedback_sns_hook", "MetadataSQSHook", "create_metadata_sqs_hook"],
+)
+def test_bad_delivery_bounds_are_refused_by_both_hooks_and_their_factories(
+    make: Callable[..., Any], options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(SessionValidationError) as info:
+        make(**options)
+    assert info.value.field == field
+
+
+def test_factories_pass_the_delivery_bounds_on(hooks: Callable[[Any], Any]) -> None:
+    feedback = hooks(
+        create_feedback_sns_hook(TOPIC_ARN, sns_client=ScriptedClient(), send_timeout=1, max_queue_bytes=10)
+    )
+    metadata = hooks(create_metadata_sqs_hook(QUEUE_URL, sqs_client=ScriptedClient(), send_timeout=0.5))
+    assert feedback.send_timeout == 1.0 and feedback._worker.max_queue_bytes == 10
+    assert metadata.send_timeout == 0.5 and metadata._worker.max_queue_bytes == DEFAULT_MAX_QUEUE_BYTES
+    assert MetadataSQSHook(QUEUE_URL, sqs_client=ScriptedClient()).send_timeout == DEFAULT_SEND_TIMEOUT
+
+
+def test_encoded_size_counts_the_utf8_bytes_of_every_string() -> None:
+    assert encoded_size({"Message": "é€", "Attributes": {"type": ["ab", "c"]}}) == 7 + 5 + 10 + 4 + 3
+    assert encoded_size("\ud800") == 3  # a lone surrogate is counted, not an error
+    assert encoded_size({"n": 12}) == 3
 
 
 def test_factories_build_the_hooks(hooks: Callable[[Any], Any]) -> None:
@@ -513,7 +569,7 @@ def test_a_full_queue_drops_the_new_message_and_says_so_without_contents(
     hook(metadata.update, "update", "s1", metadata={"n": 3, "secret": SECRET_VALUE})  # queue full: dropped
 
     assert metadata.data == {"n": 3, "secret": SECRET_VALUE}  # every write happened
-    assert hook.stats() == DeliveryStats(sent=0, failed=0, dropped=1, pending=2)
+    queued = hook.stats()
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(drops) == 1 and drops[0].levelno == logging.WARNING
     assert SECRET_VALUE not in loud_records(caplog)
@@ -521,6 +577,7 @@ def test_a_full_queue_drops_the_new_message_and_says_so_without_contents(
     client.release.set()
     assert hook.flush(timeout=10)
     assert [json.loads(call["MessageBody"])["updated"] for call in client.calls] == [{"n": 1}, {"n": 2}]
+    assert queued == DeliveryStats(sent=0, failed=0, dropped=1, pending=2, queued_bytes=encoded_size(client.calls[1]))
     assert hook.stats() == DeliveryStats(sent=2, failed=0, dropped=1, pending=0)
 
 
@@ -697,9 +754,9 @@ def test_a_forked_child_gets_its_own_worker(hooks: Callable[[Any], Any]) -> None
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert report == {
-        "before": {"sent": 0, "failed": 0, "dropped": 0, "pending": 0},  # nothing inherited
+        "before": {"sent": 0, "failed": 0, "dropped": 0, "pending": 0, "queued_bytes": 0},  # nothing inherited
         "flushed": True,
-        "after": {"sent": 1, "failed": 0, "dropped": 0, "pending": 0},
+        "after": {"sent": 1, "failed": 0, "dropped": 0, "pending": 0, "queued_bytes": 0},
         "sent_in_child": ["three"],
     }
     client.release.set()
@@ -725,6 +782,156 @@ def test_an_idle_worker_thread_ends_and_the_next_message_starts_another(
     assert hook.flush(timeout=10)
     assert [json.loads(c["MessageBody"])["updated"] for c in client.calls] == [{"n": 1}, {"n": 2}]
     assert hook.stats() == DeliveryStats(sent=2, failed=0, dropped=0, pending=0)
+
+
+# ---------------------------------------------------------------- delivery bounds: time and bytes
+
+
+def wait_for_late_sends(hook: Any) -> bool:
+    """Wait until no synchronous send abandoned at its send_timeout is still running."""
+    state = hook._worker._state
+    with state.cond:
+        result: bool = state.cond.wait_for(lambda: state.late == 0, 10)
+    return result
+
+
+@pytest.mark.parametrize("late_outcome", ["sent", "failed"])
+def test_a_synchronous_caller_waits_at_most_send_timeout_and_a_late_send_is_not_counted_twice(
+    hooks: Callable[[Any], Any], caplog: pytest.LogCaptureFixture, late_outcome: str
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="mongodb_session_manager")
+    client = ScriptedClient(blocked=True)  # hangs until released (30 s at most)
+    hook = hooks(MetadataSQSHook(QUEUE_URL, sqs_client=client, synchronous=True, send_timeout=0.2))
+    metadata = Metadata()
+
+    hook(metadata.update, "update", "s1", metadata={"status": SECRET_VALUE})
+
+    # The call has returned while the send it started is still blocked: the caller did not wait for it.
+    assert metadata.data == {"status": SECRET_VALUE}
+    assert client.entered.is_set() and client.completed == 0
+    assert hook.stats() == DeliveryStats(sent=0, failed=1, dropped=0, pending=0)
+    assert hook.flush(timeout=0) is True  # already counted: nothing is pending
+    timeouts = [r for r in caplog.records if "send_timeout=<0.2>" in r.getMessage()]
+    assert len(timeouts) == 1 and timeouts[0].levelno == logging.WARNING
+    assert "session_id=<s1>" in timeouts[0].getMessage()
+
+    if late_outcome == "failed":
+        client.error = throttled()
+    client.release.set()
+    assert wait_for_late_sends(hook)
+    assert len(client.calls) == 1 and not client.timed_out
+    assert client.completed == (1 if late_outcome == "sent" else 0)
+    assert hook.stats() == DeliveryStats(sent=0, failed=1, dropped=0, pending=0)  # counted once, as failed
+    finished = [r for r in caplog.records if "finished after its send_timeout" in r.getMessage()]
+    assert len(finished) == 1 and finished[0].levelno == logging.DEBUG
+    assert ("outcome=<sent>" if late_outcome == "sent" else "outcome=<ClientError:Throttling>") in (
+        finished[0].getMessage()
+    )
+    assert SECRET_VALUE not in loud_records(caplog) and SECRET_COMMENT not in loud_records(caplog)
+
+
+def test_sends_left_running_past_send_timeout_are_bounded_like_the_queue(
+    hooks: Callable[[Any], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="mongodb_session_manager")
+    client = ScriptedClient(blocked=True)
+    hook = hooks(FeedbackSNSHook(TOPIC_ARN, sns_client=client, synchronous=True, send_timeout=1, max_queue_size=1))
+    feedbacks = Feedbacks()
+
+    hook(feedbacks, "add", "s1", feedback={"rating": "down", "comment": "one"})  # times out, keeps running
+    hook(feedbacks, "add", "s1", feedback={"rating": "down", "comment": SECRET_COMMENT})  # no room: dropped
+    assert len(feedbacks.stored) == 2 and len(client.calls) == 1
+    assert hook.stats() == DeliveryStats(sent=0, failed=1, dropped=1, pending=0)
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and "past send_timeout" in drops[0].getMessage()
+    assert SECRET_COMMENT not in loud_records(caplog)
+
+    client.release.set()
+    assert wait_for_late_sends(hook)
+    hook(feedbacks, "add", "s1", feedback={"rating": "down", "comment": "three"})  # room again
+    assert [json.loads(call["Message"])["comment"] for call in client.calls] == ["one", "three"]
+    assert hook.stats() == DeliveryStats(sent=1, failed=1, dropped=1, pending=0)
+
+
+def test_close_does_not_close_a_built_client_under_a_late_send(
+    hooks: Callable[[Any], Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mongodb_session_manager.hooks import _delivery
+
+    client = ScriptedClient(blocked=True)
+    built: list[tuple[str, str | None, float]] = []
+
+    def build(service: str, region_name: str | None, send_timeout: float) -> ScriptedClient:
+        built.append((service, region_name, send_timeout))
+        return client
+
+    monkeypatch.setattr(_delivery, "_build_client", build)
+    hook = hooks(MetadataSQSHook(QUEUE_URL, synchronous=True, send_timeout=0.2))  # the client is ours
+    hook(Metadata().update, "update", "s1", metadata={"status": "x"})
+    assert built == [("sqs", REGION, 0.2)] and client.completed == 0
+    assert hook.close(timeout=0) is True and not client.closed  # the late send still uses it
+    client.release.set()
+    assert wait_for_late_sends(hook)
+    assert hook.close() is True and client.closed
+    assert hook.stats() == DeliveryStats(sent=0, failed=1, dropped=0, pending=0)
+
+
+def test_clients_we_build_give_up_within_about_send_timeout(aws: Aws, hooks: Callable[[Any], Any]) -> None:
+    assert client_config(3.0) == {
+        "connect_timeout": 0.75,
+        "read_timeout": 0.75,
+        "retries": {"total_max_attempts": 2, "mode": "standard"},
+    }
+    hook = hooks(FeedbackSNSHook(aws.topic("feedback"), send_timeout=2))
+    config = hook._clients.get(REGION).meta.config
+    assert (config.connect_timeout, config.read_timeout) == (0.5, 0.5)
+    assert config.retries == {"total_max_attempts": 2, "mode": "standard"}
+    # every attempt may wait for the connection and then for the answer: about send_timeout in all
+    assert config.retries["total_max_attempts"] * (config.connect_timeout + config.read_timeout) == 2
+
+
+def test_the_queue_is_bounded_by_bytes_too(hooks: Callable[[Any], Any], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="mongodb_session_manager")
+    client = ScriptedClient(blocked=True)
+    hook = hooks(MetadataSQSHook(QUEUE_URL, sqs_client=client, max_queue_size=100, max_queue_bytes=25_000))
+    metadata = Metadata()
+    big = "x" * 10_000  # each message is a little over 10,000 bytes
+
+    hook(metadata.update, "update", "s1", metadata={"n": 1, "v": big})
+    assert client.entered.wait(10)  # message 1 is being sent: it no longer counts against the queue
+    hook(metadata.update, "update", "s1", metadata={"n": 2, "v": big})  # queued
+    hook(metadata.update, "update", "s1", metadata={"n": 3, "v": big})  # queued: about 20,600 bytes in all
+    hook(metadata.update, "update", "s1", metadata={"n": 4, "v": big, "secret": SECRET_VALUE})  # past 25,000
+    hook(metadata.update, "update", "s1", metadata={"n": 5})  # small: still fits
+    queued = hook.stats()
+
+    assert metadata.data == {"n": 5, "v": big, "secret": SECRET_VALUE}  # every write happened
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].levelno == logging.WARNING and "queue full" in drops[0].getMessage()
+    assert "max_queue_bytes=<25000>" in drops[0].getMessage()
+    assert SECRET_VALUE not in loud_records(caplog)
+
+    client.release.set()
+    assert hook.flush(timeout=10)
+    assert [json.loads(call["MessageBody"])["updated"]["n"] for call in client.calls] == [1, 2, 3, 5]
+    waiting = sum(encoded_size(call) for call in client.calls[1:])
+    assert 20_000 < waiting <= 25_000
+    assert queued == DeliveryStats(sent=0, failed=0, dropped=1, pending=4, queued_bytes=waiting)
+    assert hook.stats() == DeliveryStats(sent=4, failed=0, dropped=1, pending=0, queued_bytes=0)
+
+
+def test_a_message_larger_than_max_queue_bytes_is_dropped_even_from_an_empty_queue(
+    hooks: Callable[[Any], Any],
+) -> None:
+    client = ScriptedClient()
+    hook = hooks(FeedbackSNSHook(TOPIC_ARN, sns_client=client, max_comment_chars=10_000, max_queue_bytes=2_000))
+    feedbacks = Feedbacks()
+    hook(feedbacks, "add", "s1", feedback={"rating": "down", "comment": "x" * 5_000})
+    hook(feedbacks, "add", "s1", feedback={"rating": "down", "comment": "short"})
+    assert hook.flush(timeout=10)
+    assert len(feedbacks.stored) == 2
+    assert [json.loads(call["Message"])["comment"] for call in client.calls] == ["short"]
+    assert hook.stats() == DeliveryStats(sent=1, failed=0, dropped=1, pending=0)
 
 
 # ---------------------------------------------------------------- SNS and SQS (moto)

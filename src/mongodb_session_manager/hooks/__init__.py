@@ -9,9 +9,10 @@ Importing this package never needs boto3; only building an AWS client does. Inst
   changed to SQS.
 * :func:`compose_hooks`: chain these with hooks of your own.
 
-Both AWS hooks deliver on a background thread (or, with ``synchronous=True``, before returning),
-never raise into the caller, count what happened in ``stats()``, and offer ``flush(timeout)`` for
-AWS Lambda handlers and ``close()`` for shutdown.
+Both AWS hooks deliver on a background thread, through a queue bounded by count and by bytes (or,
+with ``synchronous=True``, before returning, waiting at most ``send_timeout``), never raise into the
+caller, count what happened in ``stats()``, and offer ``flush(timeout)`` for AWS Lambda handlers and
+``close()`` for shutdown.
 """
 
 from ._compose import ComposedHook, Hook, compose_hooks

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Self
 
 from ._delivery import (
     DEFAULT_EXIT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SEND_TIMEOUT,
     ClientSource,
     DeliveryStats,
     DeliveryWorker,
@@ -32,26 +35,48 @@ class AWSNotificationHook:
         client: Any,
         synchronous: bool,
         max_queue_size: int,
+        max_queue_bytes: int,
+        send_timeout: float,
         exit_flush_timeout: float,
     ) -> None:
         if client is None:
             load_boto3()  # fail now, naming the extra to install, not later on the worker thread
-        self._clients = ClientSource(self._service, client)
         self._worker = DeliveryWorker(
             self._kind,
             synchronous=synchronous,
             max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            send_timeout=send_timeout,
             exit_flush_timeout=exit_flush_timeout,
         )
+        self._clients = ClientSource(self._service, client, send_timeout=self._worker.send_timeout)
 
     @property
     def synchronous(self) -> bool:
         """Whether messages are sent on the caller's thread before the hook returns."""
         return self._worker.synchronous
 
+    @property
+    def send_timeout(self) -> float:
+        """Seconds a synchronous caller waits for one notification at most (see the hooks' arguments)."""
+        return self._worker.send_timeout
+
     def stats(self) -> DeliveryStats:
-        """Counters of sent, failed, dropped and pending messages (see :class:`DeliveryStats`)."""
+        """Counters of sent, failed, dropped, pending and queued bytes (see :class:`DeliveryStats`)."""
         return self._worker.stats()
+
+    def _sender(self, region: str | None, operation: str, params: dict[str, Any]) -> Callable[[], None]:
+        """The closure that sends one message: ``client.<operation>(**params)`` with the region's client.
+
+        In synchronous mode the client is resolved here, on the caller's thread and before the
+        ``send_timeout`` clock starts: building one (the first time) is local work, not a wait for
+        AWS. Otherwise it is resolved on the worker thread, so the caller never builds one.
+        """
+        clients = self._clients
+        if self._worker.synchronous and not self._worker.closed:
+            client = clients.get(region)
+            return lambda: getattr(client, operation)(**params)
+        return lambda: getattr(clients.get(region), operation)(**params)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every message handed to this hook so far is sent or has failed.
@@ -61,7 +86,8 @@ class AWSNotificationHook:
 
         Args:
             timeout: Seconds to wait at most; ``None`` waits as long as it takes (each send is
-                bounded by the client's own timeouts and retries).
+                bounded by the client's own timeouts and retries: for a client we build, about
+                ``send_timeout``).
 
         Returns:
             ``True`` if nothing is pending any more, ``False`` if the timeout ran out first.
@@ -78,8 +104,9 @@ class AWSNotificationHook:
             ``True`` if everything submitted before closing was delivered (or failed).
         """
         flushed = self._worker.close(timeout)
-        if flushed:
-            # A send still running on the worker keeps using its client; it is not closed under it.
+        if flushed and self._worker.idle:
+            # A send still running (on the worker, or past a synchronous send_timeout) keeps using its
+            # client; it is not closed under it.
             self._clients.close()
         return flushed
 
@@ -95,4 +122,10 @@ class AWSNotificationHook:
         self.close()
 
 
-__all__ = ["DEFAULT_EXIT_FLUSH_TIMEOUT", "DEFAULT_MAX_QUEUE_SIZE", "AWSNotificationHook"]
+__all__ = [
+    "DEFAULT_EXIT_FLUSH_TIMEOUT",
+    "DEFAULT_MAX_QUEUE_BYTES",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_SEND_TIMEOUT",
+    "AWSNotificationHook",
+]

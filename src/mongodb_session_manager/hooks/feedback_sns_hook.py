@@ -32,9 +32,16 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from ..errors import SessionValidationError
-from ._base import DEFAULT_EXIT_FLUSH_TIMEOUT, DEFAULT_MAX_QUEUE_SIZE, AWSNotificationHook
+from ._base import (
+    DEFAULT_EXIT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SEND_TIMEOUT,
+    AWSNotificationHook,
+)
 from ._delivery import (
     boto3_available,
+    encoded_size,
     is_aws_text,
     message_group_id,
     region_from_topic_arn,
@@ -137,8 +144,8 @@ class FeedbackSNSHook(AWSNotificationHook):
     a notification.
 
     Delivery never raises into the caller and never makes it wait (unless ``synchronous=True``,
-    which sends before returning, for AWS Lambda). Failures are logged (without comment text) and
-    counted in :meth:`stats`.
+    which sends before returning, for AWS Lambda, waiting at most ``send_timeout``). Failures are
+    logged (without comment text) and counted in :meth:`stats`.
 
     Args:
         topic_arn: The SNS topic for ratings in ``notify_ratings``. Its region is the client's region
@@ -156,12 +163,19 @@ class FeedbackSNSHook(AWSNotificationHook):
         max_comment_chars: Longest comment included (longer ones are cut, ``comment_truncated``).
         subject_prefix: Prefix of the ``Subject`` e-mail subscribers see, e.g. ``"[prod] "``.
         sns_client: A boto3 SNS client to use (borrowed, never closed); default: one built lazily
-            per region, with bounded timeouts and retries.
+            per region, with timeouts and retries derived from ``send_timeout``.
         region_name: Region of the client we build; default: each topic ARN's own region.
-        synchronous: Publish on the caller's thread before ``add_feedback`` returns. Failures are
-            still logged and counted, not raised: the feedback is stored either way.
+        synchronous: Publish before ``add_feedback`` returns, waiting at most ``send_timeout``.
+            Failures and timeouts are logged and counted as failed, not raised: the feedback is
+            stored either way.
         max_queue_size: Unsent notifications kept at most; beyond it new ones are dropped (counted,
             logged at WARNING).
+        max_queue_bytes: Encoded bytes of unsent notifications kept at most (default 16 MiB); a
+            notification that would take the queue past it is dropped like one past ``max_queue_size``.
+        send_timeout: Seconds one notification may take (default 3). A synchronous caller waits no
+            longer: a publish still running then counts as failed and is left to finish on a daemon
+            thread (it may still be delivered; it is not counted again). Clients we build give up
+            after about this long; an injected client keeps its own timeouts.
         exit_flush_timeout: Seconds the interpreter waits at exit for unsent notifications.
 
     Raises:
@@ -194,6 +208,8 @@ class FeedbackSNSHook(AWSNotificationHook):
         region_name: str | None = None,
         synchronous: bool = False,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
         exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
     ) -> None:
         """Create the hook; see the class docstring."""
@@ -223,6 +239,8 @@ class FeedbackSNSHook(AWSNotificationHook):
             client=sns_client,
             synchronous=synchronous,
             max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            send_timeout=send_timeout,
             exit_flush_timeout=exit_flush_timeout,
         )
         self.topic_arn = topic_arn
@@ -290,15 +308,12 @@ class FeedbackSNSHook(AWSNotificationHook):
                 params["MessageGroupId"] = message_group_id(session_id)
                 params["MessageDeduplicationId"] = event_id
             region = self._region_name or region_from_topic_arn(topic_arn)
+            size = encoded_size(params)
+            publish = self._sender(region, "publish", params)
         except Exception as e:
             self._worker.record_failure(session_id, destination, e)
             return
-        clients = self._clients
-
-        def publish() -> None:
-            clients.get(region).publish(**params)
-
-        self._worker.submit(session_id, topic_arn, publish)
+        self._worker.submit(session_id, topic_arn, publish, size=size)
 
 
 def _check_rating(field: str, rating: Any) -> None:
@@ -332,6 +347,8 @@ def create_feedback_sns_hook(
     region_name: str | None = None,
     synchronous: bool = False,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
 ) -> FeedbackSNSHook:
     """Create a :class:`FeedbackSNSHook` (same arguments), to pass as ``feedback_hook``.
@@ -360,5 +377,7 @@ def create_feedback_sns_hook(
         region_name=region_name,
         synchronous=synchronous,
         max_queue_size=max_queue_size,
+        max_queue_bytes=max_queue_bytes,
+        send_timeout=send_timeout,
         exit_flush_timeout=exit_flush_timeout,
     )

@@ -37,9 +37,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import SessionValidationError
-from ._base import DEFAULT_EXIT_FLUSH_TIMEOUT, DEFAULT_MAX_QUEUE_SIZE, AWSNotificationHook
+from ._base import (
+    DEFAULT_EXIT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    DEFAULT_SEND_TIMEOUT,
+    AWSNotificationHook,
+)
 from ._delivery import (
     boto3_available,
+    encoded_size,
     is_aws_text,
     message_group_id,
     region_from_queue_url,
@@ -110,24 +117,32 @@ class MetadataSQSHook(AWSNotificationHook):
 
     A change that touches none of ``metadata_fields`` sends nothing. Delivery never raises into the
     caller and never makes it wait (unless ``synchronous=True``, which sends before returning, for
-    AWS Lambda). Failures are logged (without metadata values) and counted in :meth:`stats`.
+    AWS Lambda, waiting at most ``send_timeout``). Failures are logged (without metadata values) and
+    counted in :meth:`stats`.
 
     Args:
         queue_url: The SQS queue URL. Its region (from the host name) is the client's region unless
             ``region_name`` is given.
         metadata_fields: Only these fields are propagated; ``None`` (the default) propagates all.
         sqs_client: A boto3 SQS client to use (borrowed, never closed); default: one built lazily,
-            with bounded timeouts and retries.
+            with timeouts and retries derived from ``send_timeout``.
         region_name: Region of the client we build; default: the queue URL's region.
-        synchronous: Send on the caller's thread before the metadata call returns. Failures are
-            still logged and counted, not raised: the metadata is written either way.
+        synchronous: Send before the metadata call returns, waiting at most ``send_timeout``.
+            Failures and timeouts are logged and counted as failed, not raised: the metadata is
+            written either way.
         max_queue_size: Unsent messages kept at most; beyond it new ones are dropped (counted,
             logged at WARNING).
+        max_queue_bytes: Encoded bytes of unsent messages kept at most (default 16 MiB); a message
+            that would take the queue past it is dropped like one past ``max_queue_size``.
+        send_timeout: Seconds one message may take (default 3). A synchronous caller waits no
+            longer: a send still running then counts as failed and is left to finish on a daemon
+            thread (it may still be delivered; it is not counted again). Clients we build give up
+            after about this long; an injected client keeps its own timeouts.
         exit_flush_timeout: Seconds the interpreter waits at exit for unsent messages.
 
     Raises:
         AWSHooksUnavailableError: No ``sqs_client`` given and boto3 is not installed.
-        SessionValidationError: The queue URL or ``metadata_fields`` is invalid.
+        SessionValidationError: The queue URL, ``metadata_fields`` or an option is invalid.
 
     Example:
         ```python
@@ -150,6 +165,8 @@ class MetadataSQSHook(AWSNotificationHook):
         region_name: str | None = None,
         synchronous: bool = False,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
         exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
     ) -> None:
         """Create the hook; see the class docstring."""
@@ -170,6 +187,8 @@ class MetadataSQSHook(AWSNotificationHook):
             client=sqs_client,
             synchronous=synchronous,
             max_queue_size=max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+            send_timeout=send_timeout,
             exit_flush_timeout=exit_flush_timeout,
         )
         self.queue_url = queue_url
@@ -227,15 +246,12 @@ class MetadataSQSHook(AWSNotificationHook):
             if self._fifo:
                 params["MessageGroupId"] = message_group_id(session_id)
                 params["MessageDeduplicationId"] = event_id
+            size = encoded_size(params)
+            send = self._sender(self._region, "send_message", params)
         except Exception as e:
             self._worker.record_failure(session_id, self.queue_url, e)
             return
-        clients, region = self._clients, self._region
-
-        def send() -> None:
-            clients.get(region).send_message(**params)
-
-        self._worker.submit(session_id, self.queue_url, send)
+        self._worker.submit(session_id, self.queue_url, send, size=size)
 
 
 def create_metadata_sqs_hook(
@@ -246,6 +262,8 @@ def create_metadata_sqs_hook(
     region_name: str | None = None,
     synchronous: bool = False,
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
     exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
 ) -> MetadataSQSHook:
     """Create a :class:`MetadataSQSHook` (same arguments), to pass as ``metadata_hook``.
@@ -253,7 +271,7 @@ def create_metadata_sqs_hook(
     Raises:
         AWSHooksUnavailableError: boto3 is not installed (``pip install "mongodb-session-manager[aws]"``)
             and no ``sqs_client`` was given.
-        SessionValidationError: The queue URL or ``metadata_fields`` is invalid.
+        SessionValidationError: The queue URL, ``metadata_fields`` or an option is invalid.
 
     Example:
         ```python
@@ -272,5 +290,7 @@ def create_metadata_sqs_hook(
         region_name=region_name,
         synchronous=synchronous,
         max_queue_size=max_queue_size,
+        max_queue_bytes=max_queue_bytes,
+        send_timeout=send_timeout,
         exit_flush_timeout=exit_flush_timeout,
     )
