@@ -246,6 +246,24 @@ def build_tables(results: Results) -> list[Table]:
         )
 
     tables = [targets(results), main, files]
+    if results.durability:
+        durable = Table(
+            "What durable writes cost: acknowledged once journaled (the default) vs before",
+            ["operation", "commands (journaled / not)", "median ms journaled", "median ms not", "x"],
+        )
+        for item in results.durability:
+            durable.add(
+                item.operation,
+                f"{_commands(item.journaled_traffic)} / {_commands(item.unjournaled_traffic)}",
+                ms(item.journaled.median),
+                ms(item.unjournaled.median),
+                ratio(item.journaled.median / item.unjournaled.median),
+            )
+        durable.notes.append(
+            "the same commands; 'journaled' is the library's default write concern (j: true) for clients it"
+            " builds, 'not' a client created with journal=False. The time is the server's journal flush."
+        )
+        tables.append(durable)
     if results.storage is not None:
         storage = results.storage
         binary = Table("A binary content block", ["where", "encoding", "bytes", "x raw"])

@@ -35,6 +35,7 @@ from mongodb_session_manager import (
 )
 from mongodb_session_manager._documents import agent_to_fields, message_to_entry, session_to_document
 from mongodb_session_manager._overflow import REFERENCE_SUBTYPE
+from mongodb_session_manager.mongodb_connection_pool import resolve_client_options
 
 from ._files import CountingFileSessionManager, FileIO
 from ._harness import Contestant, Recorder, Timing, Traffic, interleave
@@ -188,6 +189,17 @@ class Offloaded:
 
 
 @dataclass
+class Durability:
+    """The same operation with writes acknowledged once journaled (the default) and before."""
+
+    operation: str
+    journaled: Timing
+    unjournaled: Timing
+    journaled_traffic: Traffic
+    unjournaled_traffic: Traffic
+
+
+@dataclass
 class Results:
     floor_read: Cost
     floor_write: Cost
@@ -200,6 +212,7 @@ class Results:
     long_restores: list[LongRestore] = field(default_factory=list)
     appends: list[Append] = field(default_factory=list)
     offloaded: Offloaded | None = None
+    durability: list[Durability] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -271,7 +284,11 @@ class Bench:
         self.uri = uri
         self.settings = settings
         self.recorder = Recorder()
-        self.client: MongoClient[dict[str, Any]] = MongoClient(uri, event_listeners=[self.recorder])
+        # The options a manager built from this connection string would use (journaled writes,
+        # bounded operations), so that every figure is what the library costs by default.
+        self.client: MongoClient[dict[str, Any]] = MongoClient(
+            uri, event_listeners=[self.recorder], **resolve_client_options(uri, {})
+        )
         self.database_name = f"msm_bench_{uuid.uuid4().hex[:8]}"
         self.repository = MongoDBSessionRepository(client=self.client, database_name=self.database_name)
         self.floor = self.client[self.database_name]["floor"]
@@ -827,6 +844,55 @@ def throughput(bench: Bench, threads: int, sessions_per_thread: int) -> Throughp
         close_global_factory()
 
 
+# ------------------------------------------------------------------------------------------ durability
+
+
+def durability(bench: Bench) -> list[Durability]:
+    """A turn and an append with the default write concern (``j: true``) and with ``journal=False``."""
+    recorder = Recorder()
+    options = {**resolve_client_options(bench.uri, {"journal": False}), "event_listeners": [recorder]}
+    results: list[Durability] = []
+    with MongoClient(bench.uri, **options) as unjournaled:
+
+        def manager(client: MongoClient[dict[str, Any]]) -> Callable[[int], Agent]:
+            def build(_: int) -> Agent:
+                session_id = bench.session_id("durable")
+                return new_agent(MongoDBSessionManager(session_id, client=client, database_name=bench.database_name))
+
+            return build
+
+        (journaled_turn, journaled_traffic), (plain_turn, plain_traffic) = interleave(
+            bench.settings.repeats,
+            [
+                Contestant(_turn, manager(bench.client), bench.recorder.take),
+                Contestant(_turn, manager(unjournaled), recorder.take),
+            ],
+        )
+        results.append(
+            Durability("one turn (two appends)", journaled_turn, plain_turn, journaled_traffic, plain_traffic)
+        )
+        (journaled_write, journaled_traffic), (plain_write, plain_traffic) = interleave(
+            bench.settings.repeats * 2,
+            [
+                Contestant(
+                    lambda _: bench.floor.update_one({"_id": "floor"}, {"$inc": {"n": 1}}), capture=bench.recorder.take
+                ),
+                Contestant(
+                    lambda _: unjournaled[bench.database_name]["floor"].update_one(
+                        {"_id": "floor"}, {"$inc": {"n": 1}}
+                    ),
+                    capture=recorder.take,
+                ),
+            ],
+        )
+        results.append(
+            Durability(
+                "pymongo floor: update_one by _id", journaled_write, plain_write, journaled_traffic, plain_traffic
+            )
+        )
+    return results
+
+
 # ------------------------------------------------------------------------------------------- all
 
 
@@ -841,6 +907,8 @@ def run_all(bench: Bench, progress: Callable[[str], None]) -> Results:
         results.costs.append(restore(bench, stored))
     progress("turns")
     results.costs.append(turn(bench))
+    progress("durability: journaled writes against unjournaled ones")
+    results.durability = durability(bench)
     results.costs.append(turn_with_full_window(bench))
     results.costs.append(sync_unchanged(bench))
     for stored, repeats in bench.settings.append_repeats:

@@ -56,17 +56,36 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEFAULT_CLIENT_OPTIONS", "MongoDBConnectionPool", "acquire_shared_client"]
 
 #: Defaults suited to stateless servers and AWS Lambda. ``minPoolSize=0`` and ``maxIdleTimeMS`` mean
-#: no connection is held open while idle; a short ``serverSelectionTimeoutMS`` makes an unreachable
-#: server fail a request in seconds instead of pymongo's default 30. Every one can be overridden
-#: with pymongo's own option name, as a keyword argument or in the connection string.
+#: no connection is held open while idle. ``timeoutMS`` bounds every operation whole (server
+#: selection, the round trip, a retry), so a call fails within 10 s whether the server is unreachable,
+#: frozen or black-holed (pymongo alone waits 30 s for an unreachable server and about 35 s for a
+#: frozen one); ``serverSelectionTimeoutMS`` applies only when a caller's own timeout options replace
+#: ``timeoutMS``. ``journal=True``: a write is acknowledged only once it is in the server's journal,
+#: so a server crash right after an acknowledged turn cannot lose it (pymongo's default write concern
+#: acknowledges writes still in memory on a standalone server). Every one can be overridden with
+#: pymongo's own option name, as a keyword argument or in the connection string; naming any
+#: write-concern option (``w``, ``journal``, ``wtimeoutMS``, ...) replaces ``journal=True``, and
+#: naming any timeout (``serverSelectionTimeoutMS``, ``socketTimeoutMS``, ``waitQueueTimeoutMS``,
+#: ``wTimeoutMS``) replaces ``timeoutMS``, which would otherwise silently override it.
 DEFAULT_CLIENT_OPTIONS: dict[str, Any] = {
     "maxPoolSize": 100,
     "minPoolSize": 0,
     "maxIdleTimeMS": 30_000,
     "serverSelectionTimeoutMS": 5_000,
     "connectTimeoutMS": 5_000,
+    "timeoutMS": 10_000,
     "retryWrites": True,
     "retryReads": True,
+    "journal": True,
+}
+
+# A default is left out when the caller names any of these options (lower case): the caller chose.
+_DEFAULT_REPLACED_BY: dict[str, frozenset[str]] = {
+    "journal": frozenset({"w", "j", "journal", "fsync", "wtimeoutms", "wtimeout"}),
+    # timeoutMS supersedes the per-step timeouts; a caller who set one of them chose those instead.
+    "timeoutms": frozenset(
+        {"timeoutms", "serverselectiontimeoutms", "sockettimeoutms", "waitqueuetimeoutms", "wtimeoutms"}
+    ),
 }
 
 DRIVER_INFO = DriverInfo(name="mongodb-session-manager", version=__version__)
@@ -206,7 +225,11 @@ def resolve_client_options(connection_string: str, client_kwargs: Mapping[str, A
         The keyword options to build the client with.
     """
     given = {key.lower() for key in client_kwargs} | _uri_option_names(connection_string)
-    options = {key: value for key, value in DEFAULT_CLIENT_OPTIONS.items() if key.lower() not in given}
+    options = {
+        key: value
+        for key, value in DEFAULT_CLIENT_OPTIONS.items()
+        if not given & _DEFAULT_REPLACED_BY.get(key.lower(), frozenset({key.lower()}))
+    }
     options.update(client_kwargs)
     return options
 
@@ -243,12 +266,16 @@ class _ManagedClient:
             client: MongoClient[dict[str, Any]] = MongoClient(
                 self._connection_string, event_listeners=[monitor, *user_listeners], **kwargs
             )
-        except (PyMongoError, TypeError, ValueError) as e:
+        except (PyMongoError, TypeError, ValueError, OSError) as e:
             # Decide the error outside this block: the driver's exception may quote the password,
             # and raising inside it would keep that exception reachable as __context__.
             failure = (type(e), scrub(f"{type(e).__name__}: {e}", self._secrets))
         if failure is not None:
             kind, message = failure
+            if issubclass(kind, OSError) and not issubclass(kind, PyMongoError):
+                # A TLS file (certificate, key, CA, CRL) that is missing or unreadable.
+                field, path = _tls_file_option(self.options, self._connection_string)
+                raise SessionValidationError(field, f"cannot read the file {path!r} ({message})")
             if issubclass(kind, InvalidURI) or not _uri_parses(self._connection_string):
                 raise SessionValidationError("connection_string", message)
             if issubclass(kind, ConfigurationError | TypeError | ValueError):
@@ -306,6 +333,22 @@ class _ManagedClient:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self.monitor = _PoolMonitor()
+
+
+_TLS_FILE_OPTIONS = ("tlsCertificateKeyFile", "tlsCAFile", "tlsCRLFile", "ssl_certfile", "ssl_keyfile", "ssl_ca_certs")
+
+
+def _tls_file_option(options: Mapping[str, Any], connection_string: str) -> tuple[str, str]:
+    """The TLS file options the caller gave, and their paths (what a file error is reported against)."""
+    given = {key.lower(): str(value) for key, value in options.items()}
+    _base, _sep, query = connection_string.partition("?")
+    for part in query.replace(";", "&").split("&"):
+        key, _eq, value = part.partition("=")
+        given.setdefault(unquote(key).lower(), unquote(value))
+    named = [(name, given[name.lower()]) for name in _TLS_FILE_OPTIONS if name.lower() in given]
+    if not named:
+        return "client_kwargs", "?"
+    return "/".join(name for name, _ in named), ", ".join(path for _, path in named)
 
 
 def _option(options: Mapping[str, Any], name: str) -> Any:

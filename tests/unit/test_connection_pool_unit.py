@@ -120,6 +120,54 @@ def test_resolve_does_not_override_an_option_in_the_connection_string(uri: str) 
     assert options["minPoolSize"] == DEFAULT_CLIENT_OPTIONS["minPoolSize"]
 
 
+def test_writes_are_journaled_and_operations_bounded_by_default(leases: list[SharedClientLease]) -> None:
+    leases.append(acquire_shared_client(URI))
+    client = leases[-1].client
+
+    assert client.write_concern.document == {"j": True}
+    assert client.options.timeout == DEFAULT_CLIENT_OPTIONS["timeoutMS"] / 1000
+
+
+@pytest.mark.parametrize(
+    ("uri", "kwargs", "write_concern"),
+    [
+        ("mongodb://127.0.0.1:1/?w=1", {}, {"w": 1}),
+        ("mongodb://127.0.0.1:1/?journal=false", {}, {"j": False}),
+        (URI, {"w": 0}, {"w": 0}),  # with journal=True added, pymongo would refuse this combination
+        (URI, {"w": "majority"}, {"w": "majority"}),
+        (URI, {"wTimeoutMS": 500}, {"wtimeout": 500}),
+        (URI, {"journal": False}, {"j": False}),
+    ],
+)
+def test_a_write_concern_the_caller_chose_replaces_the_journaled_default(
+    uri: str, kwargs: dict[str, Any], write_concern: dict[str, Any], leases: list[SharedClientLease]
+) -> None:
+    leases.append(acquire_shared_client(uri, **kwargs))
+    assert leases[-1].client.write_concern.document == write_concern
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["timeoutMS", "serverSelectionTimeoutMS", "socketTimeoutMS", "waitQueueTimeoutMS", "wTimeoutMS", "SOCKETTIMEOUTMS"],
+)
+def test_a_timeout_the_caller_chose_replaces_the_default_operation_timeout(option: str) -> None:
+    options = resolve_client_options(URI, {option: 1234})
+    assert [key for key in options if key.lower() in ("timeoutms", option.lower())] == [option]
+    assert options[option] == 1234
+    assert "timeoutMS" not in resolve_client_options(f"{URI}?{option}=1234", {})
+
+
+@pytest.mark.parametrize("option", ["tlsCertificateKeyFile", "tlsCAFile"])
+def test_a_missing_tls_file_is_a_validation_error_naming_the_option(option: str) -> None:
+    uri = f"mongodb://app:{PASSWORD}@127.0.0.1:1/?tls=true&{option}=/nonexistent/file.pem"
+    with pytest.raises(SessionValidationError) as raised:
+        acquire_shared_client(uri)
+    assert raised.value.field == option
+    assert "/nonexistent/file.pem" in str(raised.value)
+    assert all(PASSWORD not in "".join(traceback.format_exception(e)) for e in _exception_chain(raised.value))
+    assert not any(isinstance(e, FileNotFoundError) for e in _exception_chain(raised.value))
+
+
 # initialize / get_client / close
 
 
