@@ -49,6 +49,7 @@ import bson
 from bson.errors import InvalidDocument, InvalidStringData
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
 
+from ._codec import decode_value, encode_value
 from .errors import SessionStorageError, SessionValidationError
 
 #: Longest session or agent id accepted, in characters.
@@ -178,14 +179,18 @@ def document_to_session(document: dict[str, Any]) -> Session:
 
 
 def agent_to_fields(session_agent: SessionAgent) -> dict[str, Any]:
-    """The stored fields of an agent (shallow: values are the caller's objects, encoded by pymongo)."""
-    return {name: getattr(session_agent, name) for name in AGENT_FIELDS}
+    """The stored fields of an agent (values through the codec: see :mod:`mongodb_session_manager._codec`).
+
+    Raises:
+        SessionValidationError: A value nests too deeply or carries the reserved binary subtype.
+    """
+    return {name: encode_value(getattr(session_agent, name), "session_agent")[0] for name in AGENT_FIELDS}
 
 
 def document_to_agent(stored: dict[str, Any], session_id: str) -> SessionAgent:
     """Rebuild a :class:`SessionAgent` from its stored sub-document."""
     try:
-        return SessionAgent(**{name: stored[name] for name in AGENT_FIELDS if name in stored})
+        return SessionAgent(**{name: decode_value(stored[name]) for name in AGENT_FIELDS if name in stored})
     except TypeError as e:
         raise SessionStorageError(f"session_id=<{session_id}> | stored agent is malformed: {e}") from e
 
@@ -253,17 +258,19 @@ def validate_metadata(metadata: Any) -> dict[str, Any]:
     """Check a metadata update: a dict with valid keys and BSON-encodable values.
 
     Returns:
-        The same dict.
+        What to store: the same keys, each value through the codec (see
+        :mod:`mongodb_session_manager._codec`).
 
     Raises:
         SessionValidationError: Naming the offending key.
     """
     if not isinstance(metadata, dict):
         raise SessionValidationError("metadata", f"must be a dict, got {type(metadata).__name__}")
+    stored = {}
     for key, value in metadata.items():
         validate_metadata_key(key)
-        ensure_encodable(value, f"metadata[{key!r}]")
-    return metadata
+        stored[key] = ensure_encodable(value, f"metadata[{key!r}]")
+    return stored
 
 
 def validate_metadata_keys(keys: Any) -> list[str]:
@@ -273,12 +280,14 @@ def validate_metadata_keys(keys: Any) -> list[str]:
     return [validate_metadata_key(key) for key in keys]
 
 
-def ensure_encodable(value: Any, field: str) -> None:
-    """Raise a clear error if ``value`` cannot be stored as BSON."""
+def ensure_encodable(value: Any, field: str) -> Any:
+    """Return what to store for ``value`` (through the codec), or raise a clear error if BSON cannot hold it."""
+    stored, _ = encode_value(value, field)
     try:
-        bson.encode({"v": value})
-    except (InvalidDocument, InvalidStringData, OverflowError, TypeError, ValueError) as e:
+        bson.encode({"v": stored})
+    except (InvalidDocument, InvalidStringData, OverflowError, TypeError, ValueError, RecursionError) as e:
         raise SessionValidationError(field, f"cannot be stored in MongoDB: {e}") from e
+    return stored
 
 
 def validate_feedback(feedback: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ No I/O here. Two things can leave the session document, both into one companion 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ import bson
 from bson.binary import Binary
 from bson.objectid import ObjectId
 
-from .errors import SessionStorageError, SessionValidationError
+from .errors import SessionStorageError
 
 #: BSON binary subtype (user-defined range 0x80-0xFF) that marks a reference to an offloaded value.
 REFERENCE_SUBTYPE = 0x80
@@ -80,44 +80,6 @@ def is_reference(value: Any) -> bool:
     return isinstance(value, Binary) and value.subtype == REFERENCE_SUBTYPE
 
 
-def _is_plain_bytes(value: Any) -> bool:
-    """``bytes``/``bytearray`` that BSON stores as subtype 0 (and hands back as ``bytes``)."""
-    if isinstance(value, Binary):
-        return value.subtype == 0
-    return isinstance(value, bytes | bytearray)
-
-
-def offload_binaries(value: Any, threshold: int, field: str = "message") -> tuple[Any, list[tuple[BlobRef, bytes]]]:
-    """Replace every plain binary value longer than ``threshold`` bytes with a reference.
-
-    Returns:
-        ``(value with references, [(reference, bytes), ...])``. Containers without a large binary
-        are returned as they are (not copied).
-
-    Raises:
-        SessionValidationError: ``value`` contains a Binary of the reserved subtype.
-    """
-    blobs: list[tuple[BlobRef, bytes]] = []
-
-    def walk(item: Any) -> Any:
-        if isinstance(item, dict):
-            changed = {key: walk(child) for key, child in item.items()}
-            return changed if any(changed[key] is not item[key] for key in item) else item
-        if isinstance(item, list | tuple):
-            items = [walk(child) for child in item]
-            return items if any(new is not old for new, old in zip(items, item, strict=True)) else item
-        if isinstance(item, Binary) and item.subtype == REFERENCE_SUBTYPE:
-            raise SessionValidationError(field, f"BSON binary subtype {REFERENCE_SUBTYPE:#x} is reserved")
-        if _is_plain_bytes(item) and len(item) > threshold:
-            data = bytes(item)
-            ref = BlobRef(ObjectId(), len(data), hashlib.sha256(data).digest())
-            blobs.append((ref, data))
-            return ref.to_binary()
-        return item
-
-    return walk(value), blobs
-
-
 def find_references(value: Any) -> list[BlobRef]:
     """Every reference inside ``value`` (a stored message entry, or a list of them)."""
     found: list[BlobRef] = []
@@ -137,21 +99,6 @@ def _leaves(value: Any) -> Iterator[Any]:
             stack.extend(item)
         else:
             yield item
-
-
-def restore_binaries(value: Any, lookup: Callable[[BlobRef], bytes]) -> Any:
-    """Replace every reference inside ``value`` with its bytes (``lookup`` supplies them)."""
-
-    def walk(item: Any) -> Any:
-        if isinstance(item, dict):
-            return {key: walk(child) for key, child in item.items()}
-        if isinstance(item, list):
-            return [walk(child) for child in item]
-        if is_reference(item):
-            return lookup(BlobRef.from_binary(item))
-        return item
-
-    return walk(value)
 
 
 def chunk_documents(session_id: str, ref: BlobRef, data: bytes, expire_at: datetime | None) -> list[dict[str, Any]]:

@@ -29,11 +29,11 @@ from strands import tool
 from strands.hooks import AfterInvocationEvent, BeforeInvocationEvent, HookRegistry
 from strands.session.repository_session_manager import RepositorySessionManager
 from strands.types.content import Message
-from strands.types.session import SessionAgent
+from strands.types.session import SessionAgent, SessionMessage
 
 from ._metrics import TurnStart, tool_counts, turn_metrics
 from ._snapshot_reads import SnapshotReads
-from .errors import MongoDBSessionError, SessionValidationError
+from .errors import MongoDBSessionError, SessionStorageError, SessionValidationError
 from .mongodb_session_repository import (
     DEFAULT_COLLECTION_NAME,
     DEFAULT_DATABASE_NAME,
@@ -140,6 +140,9 @@ class MongoDBSessionManager(RepositorySessionManager):
         self.feedback_hook = feedback_hook
         self._turns: dict[str, TurnStart] = {}
         self._metrics_pending: dict[str, int] = {}
+        # Messages whose append failed in a way that leaves open whether it was applied (a timeout, a
+        # lost connection), with the fields stored beside them: resent before the agent's next write.
+        self._unsure: dict[str, list[tuple[SessionMessage, dict[str, Any] | None]]] = {}
         self._closed = False
         try:
             # One command reads the session and every agent's state; Strands' read_session and
@@ -235,26 +238,63 @@ class MongoDBSessionManager(RepositorySessionManager):
         """Append a message; a turn's final assistant message is stored with its ``event_loop_metrics``.
 
         The metrics travel in the same MongoDB command as the message (no extra write).
+
+        If an earlier append of this agent failed without telling whether it was applied (a storage
+        error: a timeout, a lost connection, a server restart), that message, which the agent kept
+        in its history, is sent again first. Appends are idempotent, so it is stored exactly once
+        whichever way the failure went, and the stored history stays the agent's.
         """
         key = str(agent.agent_id)
+        self._resend_unsure(key)
         metrics = self._final_message_metrics(message, agent)
+        extras = None if metrics is None else {"event_loop_metrics": metrics}
         # Strands advances its record of the latest message before the write; if the write is
         # refused (too large, unencodable, conflict) put it back, so the next append reuses the id
         # instead of leaving a hole that would make every later append a conflict.
         previous = self._latest_agent_message.get(key)
         held = len(self._held_records.get(key, []))
         try:
-            if metrics is None:
+            if extras is None:
                 super().append_message(message, agent, **kwargs)
             else:
-                with stored_with_message(message, {"event_loop_metrics": metrics}):
+                with stored_with_message(message, extras):
                     super().append_message(message, agent, **kwargs)
+        except SessionStorageError:
+            attempted = self._latest_agent_message.get(key)
+            if attempted is not None and attempted is not previous:
+                # Maybe stored, maybe not: keep its id and send it again before the next write.
+                self._unsure.setdefault(key, []).append((attempted, extras))
+                self._held_records.setdefault(key, []).append(attempted)
+            raise
         except Exception:
             self._latest_agent_message[key] = previous
             del self._held_records.get(key, [])[held:]
             raise
         if metrics is not None:
             self._metrics_pending.pop(key, None)
+
+    def _resend_unsure(self, key: str) -> None:
+        """Send again, in order, the messages of this agent whose append may or may not have happened."""
+        unsure = self._unsure.get(key)
+        while unsure:
+            session_message, extras = unsure[0]
+            if extras is None:
+                self.mongodb_repository.create_message(self.session_id, key, session_message)
+            else:
+                with stored_with_message(session_message.message, extras):
+                    self.mongodb_repository.create_message(self.session_id, key, session_message)
+            unsure.pop(0)
+            logger.debug(
+                "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message of a failed append is stored",
+                self.session_id,
+                key,
+                session_message.message_id,
+            )
+
+    def redact_latest_message(self, redact_message: Message, agent: LocalAgent, **kwargs: Any) -> None:
+        """Redact the agent's latest message (after storing any message of a failed append it follows)."""
+        self._resend_unsure(str(agent.agent_id))
+        super().redact_latest_message(redact_message, agent, **kwargs)
 
     def _final_message_metrics(self, message: Message, agent: LocalAgent) -> dict[str, Any] | None:
         """Metrics for ``message`` if it ends the agent's current turn, else ``None``."""

@@ -20,8 +20,10 @@ reads and writes are the single commands above.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Collection as Collection_
 from contextvars import ContextVar
@@ -38,6 +40,7 @@ from pymongo.errors import DocumentTooLarge, DuplicateKeyError, InvalidName, Ope
 from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
+from ._codec import decode_value, encode_value, same_message
 from ._documents import (
     AGENT_FIELDS,
     MESSAGE_FIELDS,
@@ -65,10 +68,8 @@ from ._overflow import (
     entry_size,
     find_references,
     max_buckets,
-    offload_binaries,
     plan_merges,
     plan_moves,
-    restore_binaries,
     split_into_buckets,
 )
 from .errors import (
@@ -114,10 +115,28 @@ MAX_MESSAGE_BYTES = MAX_DOCUMENT_SIZE - 16 * 1024
 _ENTRY_BOOKKEEPING = frozenset({"blobs"})
 # Times a move of old messages is retried when another writer changed the agent meanwhile.
 _MOVE_ATTEMPTS = 5
+# Unfinished overflow writes (see _begin_overflow_write) older than this are taken for leftovers of a
+# crash and collected by the next move or redaction; younger ones may still be in flight.
+_STALE_PENDING = timedelta(seconds=60)
+# How long a process trusts what it read of the collection's TTL before reading it again (another
+# process may change it at any time; writes also notice a change on the session they write).
+_EXPIRY_RECHECK_SECONDS = 60.0
+#: ``repair_session`` deletes documents nothing refers to only once they are this old: younger ones
+#: may belong to a write still in flight.
+DEFAULT_REPAIR_GRACE = timedelta(minutes=10)
+
+
+@dataclass
+class _ExpiryView:
+    """The TTL in force on a sessions collection as this process last read it (shared by its repositories)."""
+
+    seconds: int | None
+    checked: float = dataclasses.field(default_factory=time.monotonic)
+
 
 _index_lock = threading.Lock()
-# (deployment, database, collection, configured TTL) -> TTL in force on the collection (or None).
-_indexed_collections: dict[tuple[Any, ...], int | None] = {}
+# (deployment, database, collection, configured TTL) -> TTL in force on the collection.
+_indexed_collections: dict[tuple[Any, ...], _ExpiryView] = {}
 _overflow_indexed: set[tuple[Any, ...]] = set()
 
 # Fields to store beside the next appended message (see ``stored_with_message``). A context
@@ -241,7 +260,7 @@ class MongoDBSessionRepository(SessionRepository):
         self.overflow_collection_name = overflow_collection_name
         self._closed = False
         # TTL in force on the collection, which what a session stores outside its document must follow.
-        self._expiry_seconds: int | None = self.session_ttl_seconds
+        self._expiry = _ExpiryView(self.session_ttl_seconds)
         try:
             try:
                 self.collection: Collection[dict[str, Any]] = self._client[database_name][collection_name]
@@ -289,21 +308,45 @@ class MongoDBSessionRepository(SessionRepository):
             f"collection_name={self.collection_name!r}, owns_client={self.owns_client})"
         )
 
+    @property
+    def _expiry_seconds(self) -> int | None:
+        """The TTL in force on the collection as last read (``None``: sessions never expire)."""
+        return self._expiry.seconds
+
     def ensure_indexes(self) -> None:
         """Create the collection's indexes, once per collection per process."""
         key = (_client_identity(self._client), self.database_name, self.collection_name, self.session_ttl_seconds)
         if key in _indexed_collections:
-            self._expiry_seconds = _indexed_collections[key]
+            self._expiry = _indexed_collections[key]
             return
         with _index_lock:
             if key in _indexed_collections:
-                self._expiry_seconds = _indexed_collections[key]
+                self._expiry = _indexed_collections[key]
                 return
             with self._errors("-", "create indexes"):
                 self.collection.create_index([("created_date", ASCENDING)], name="created_date_1")
-                self._expiry_seconds = self._ensure_activity_index()
-            _indexed_collections[key] = self._expiry_seconds
+                self._expiry = _ExpiryView(self._ensure_activity_index())
+            _indexed_collections[key] = self._expiry
             logger.debug("database=<%s>, collection=<%s> | indexes ensured", self.database_name, self.collection_name)
+
+    def _refresh_expiry(self, session_id: str) -> None:
+        """Read the collection's TTL again: another process may have changed it since we last looked."""
+        with self._errors(session_id, "read session expiry"):
+            seconds = self._read_activity_ttl()
+        if seconds != self._expiry.seconds:
+            logger.info(
+                "collection=<%s>, ttl_seconds=<%s> | session expiry changed by another configuration",
+                self.collection_name,
+                seconds,
+            )
+        self._expiry.seconds, self._expiry.checked = seconds, time.monotonic()
+
+    def _read_activity_ttl(self) -> int | None:
+        """The ``expireAfterSeconds`` of the ``updated_date`` index (``None``: no TTL)."""
+        for spec in self.collection.list_indexes():
+            if dict(spec.get("key", {})) == {"updated_date": 1} and "expireAfterSeconds" in spec:
+                return int(spec["expireAfterSeconds"])
+        return None
 
     def _ensure_activity_index(self) -> int | None:
         """Index ``updated_date``; with a TTL when ``session_ttl`` is set (changed in place if it differs).
@@ -320,9 +363,7 @@ class MongoDBSessionRepository(SessionRepository):
                 # The index exists with a TTL set by another configuration: keep it. Turning expiry
                 # off is a deliberate act (collMod), not a side effect of omitting session_ttl. What
                 # this repository stores outside session documents must then expire with them.
-                for spec in self.collection.list_indexes():
-                    if dict(spec.get("key", {})) == {"updated_date": 1} and "expireAfterSeconds" in spec:
-                        return int(spec["expireAfterSeconds"])
+                return self._read_activity_ttl()
             return None
         try:
             self.collection.create_index(
@@ -337,12 +378,18 @@ class MongoDBSessionRepository(SessionRepository):
                 index={"keyPattern": {"updated_date": 1}, "expireAfterSeconds": self.session_ttl_seconds},
             )
             # Overflow documents carry their own expiry dates, computed from the old TTL: move them
-            # all to one that outlives any session under the new TTL (see _extend_companions).
+            # all to one that outlives any session under the new TTL (see _extend_companions). The
+            # sessions first: recording the new TTL on them makes every process still writing under
+            # the old one notice it at its next write to them (and extend what it wrote meanwhile).
             until = self._companions_expiry(self.session_ttl_seconds)
-            self.overflow.update_many({}, {"$set": {"expire_at": until}})
             self.collection.update_many(
-                {"companions": True}, {"$set": {"companions_until": until}, "$inc": {"size_estimate": 32}}
+                {"companions": True},
+                {
+                    "$set": {"companions_until": until, "companions_ttl": self.session_ttl_seconds},
+                    "$inc": {"size_estimate": 64},
+                },
             )
+            self.overflow.update_many({}, {"$set": {"expire_at": until}})
             logger.info(
                 "collection=<%s>, ttl_seconds=<%s> | session expiry changed",
                 self.collection_name,
@@ -374,9 +421,10 @@ class MongoDBSessionRepository(SessionRepository):
             raise
         except DocumentTooLarge as e:  # a subclass of InvalidDocument: test it first
             raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
-        except (InvalidDocument, InvalidStringData, OverflowError, ValueError) as e:
+        except (InvalidDocument, InvalidStringData, OverflowError, ValueError, RecursionError) as e:
             # ValueError: text that is not valid UTF-8 (lone surrogates), a uuid.UUID without a
-            # configured representation, and other values bson refuses.
+            # configured representation, and other values bson refuses. RecursionError: nesting the
+            # encoder cannot follow (the value codec refuses it earlier; this is the safety net).
             raise SessionValidationError(field, f"cannot be stored in MongoDB ({operation}): {e}") from e
         except OperationFailure as e:
             if e.code in _TOO_LARGE_CODES:
@@ -407,21 +455,133 @@ class MongoDBSessionRepository(SessionRepository):
             return None
         return utc_now() + timedelta(seconds=self._expiry_seconds + _expiry_margin(self._expiry_seconds))
 
-    def _mark_companions(self, session_id: str, expire_at: datetime | None) -> None:
-        """Record on the session, before writing overflow documents, that it has some (and their expiry)."""
-        update: dict[str, Any] = {"$set": {"companions": True}, "$inc": {"size_estimate": 64}}
+    def _begin_overflow_write(
+        self, session_id: str, kind: str, docs: list[Any], expire_at: datetime | None, agents: Collection_[str] = ()
+    ) -> ObjectId:
+        """Record on the session, before writing overflow documents, what is about to be written.
+
+        The record (an entry of ``overflow_pending``) makes every write to the overflow collection
+        crash-safe: the write that makes the new documents part of the session (the *commit*: an
+        append, a move, a merge, a redaction) requires the record to be there and removes it in the
+        same update. A record still present therefore means its documents are not part of the
+        session; if it outlives its writer (a crash, a lost connection) the next move or redaction
+        of the session, or :meth:`repair_session`, takes it and deletes its documents. Taking a
+        record first removes it, so a writer still in flight cannot commit afterwards: it finds its
+        record gone, deletes what it wrote and starts again.
+
+        The same update marks the session as having overflow documents and keeps their expiry ahead
+        of the session's (see :meth:`_companions_expiry`).
+
+        Args:
+            kind: ``"buckets"`` (copies of messages: moves and merges) or ``"blobs"`` (chunks of
+                binary values).
+            docs: ``_id`` of every document about to be written.
+            expire_at: Their expiry date (``None`` when sessions never expire).
+            agents: The agents (field names) whose messages buckets copy.
+
+        Returns:
+            The record's id, for the commit's filter and update.
+
+        Raises:
+            SessionNotFoundError: The session does not exist.
+        """
+        if time.monotonic() - self._expiry.checked > _EXPIRY_RECHECK_SECONDS:
+            self._refresh_expiry(session_id)
+            expire_at = self._companions_expiry()
+        op = ObjectId()
+        record: dict[str, Any] = {"op": op, "kind": kind, "docs": docs}
+        if agents:
+            record["agents"] = list(agents)
+        update: dict[str, Any] = {
+            "$set": {"companions": True, "companions_ttl": self._expiry_seconds},
+            "$push": {"overflow_pending": record},
+        }
         if expire_at is not None:
             update["$min"] = {"companions_until": expire_at}
-        with self._errors(session_id, "prepare overflow storage"):
-            self.collection.update_one({"_id": session_id}, update)
+        matched, _ = self._write_session(
+            session_id, {"_id": session_id}, update, operation="prepare overflow storage", payload=record
+        )
+        if not matched:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
         self._ensure_overflow_indexes()
+        return op
+
+    def _end_overflow_write(self, session_id: str, op: ObjectId) -> bool:
+        """Remove an overflow write's record (its documents are committed or deleted).
+
+        Returns:
+            False if the record was gone already: the collector took it (and may have deleted its
+            documents).
+        """
+        with self._errors(session_id, "finish overflow write"):
+            result = self.collection.update_one({"_id": session_id}, {"$pull": {"overflow_pending": {"op": op}}})
+        return result.modified_count > 0
+
+    def _collect_pending(
+        self,
+        session_id: str,
+        records: Any,
+        *,
+        older_than: timedelta = _STALE_PENDING,
+        any_age: Callable[[dict[str, Any]], bool] | None = None,
+        own: ObjectId | None = None,
+    ) -> int:
+        """Take unfinished overflow writes' records and delete their documents (see :meth:`_begin_overflow_write`).
+
+        Args:
+            records: The session's ``overflow_pending`` entries, as some earlier read returned them.
+            older_than: Take only records at least this old (younger writes may still be in flight).
+            any_age: Which records to take whatever their age.
+            own: The caller's own record, never taken.
+
+        Returns:
+            How many records were taken.
+        """
+        taken = 0
+        now = utc_now()
+        for record in records or []:
+            op = record.get("op") if isinstance(record, dict) else None
+            if not isinstance(op, ObjectId) or op == own:
+                continue
+            if now - op.generation_time < older_than and not (any_age is not None and any_age(record)):
+                continue
+            docs = [doc for doc in record.get("docs") or [] if doc is not None]
+            with self._errors(session_id, "collect unfinished overflow writes"):
+                # Take the record first: a writer still in flight then cannot commit these documents.
+                result = self.collection.update_one(
+                    {"_id": session_id, "overflow_pending.op": op}, {"$pull": {"overflow_pending": {"op": op}}}
+                )
+                if result.modified_count and docs:
+                    self.overflow.delete_many({"_id": {"$in": docs}, "session_id": session_id})
+            if result.modified_count:
+                taken += 1
+                logger.debug(
+                    "session_id=<%s>, kind=<%s>, documents=<%d> | unfinished overflow write collected",
+                    session_id,
+                    record.get("kind"),
+                    len(docs),
+                )
+        return taken
 
     def _extend_companions(self, session_id: str) -> None:
-        """Push the expiry of a session's overflow documents forward (an active session keeps them)."""
+        """Push the expiry of a session's overflow documents forward (an active session keeps them).
+
+        Also records on the session the TTL the new expiry follows, so that a process still writing
+        under another TTL notices at its next write (see :meth:`_write_session`).
+        """
         until = self._companions_expiry()
         with self._errors(session_id, "extend overflow expiry"):
-            self.overflow.update_many({"session_id": session_id}, {"$max": {"expire_at": until}})
-            self.collection.update_one({"_id": session_id}, {"$max": {"companions_until": until}})
+            if until is None:  # no TTL any more: what is outside the document must not expire either
+                self.overflow.update_many({"session_id": session_id}, {"$unset": {"expire_at": ""}})
+                self.collection.update_one(
+                    {"_id": session_id}, {"$unset": {"companions_until": ""}, "$set": {"companions_ttl": None}}
+                )
+            else:
+                self.overflow.update_many({"session_id": session_id}, {"$max": {"expire_at": until}})
+                self.collection.update_one(
+                    {"_id": session_id},
+                    {"$max": {"companions_until": until}, "$set": {"companions_ttl": self._expiry_seconds}},
+                )
         logger.debug("session_id=<%s> | overflow expiry extended", session_id)
 
     def _write_session(
@@ -443,13 +603,15 @@ class MongoDBSessionRepository(SessionRepository):
 
         Every write adds the encoded size of what it writes (``payload``) to the document's
         ``size_estimate``, an upper bound of the document's size (moves and calibrations bring it
-        back to the measured size). Two conditions ride in the filter, on plain fields, and cost
-        nothing while they hold: the session's overflow documents must not expire before it (when
-        sessions expire), and, for appends (``size_limit``), the estimate must leave room under the
-        overflow threshold. When the update matches nothing, one read tells whether a condition was
-        the reason; the remedy (extend the expiry; move old messages out, or correct an estimate
-        that was too cautious) runs and the update is retried. A write the server refuses as too
-        large is retried once after moving old messages out.
+        back to the measured size). Conditions ride in the filter, on plain fields, and cost nothing
+        while they hold: the session's overflow documents must have been given their expiry under
+        the TTL this process knows (``companions_ttl``: another process may have changed the TTL)
+        and must not expire before the session (when sessions expire); and, for appends
+        (``size_limit``), the estimate must leave room under the overflow threshold. When the update
+        matches nothing, one read tells whether a condition was the reason; the remedy (read the TTL
+        again and extend the expiry; move old messages out, or correct an estimate that was too
+        cautious) runs and the update is retried. A write the server refuses as too large is retried
+        once after moving old messages out.
 
         Args:
             growth: What the write adds to the document, in bytes, when the caller knows it better
@@ -464,6 +626,7 @@ class MongoDBSessionRepository(SessionRepository):
         unexplained = 0
         while True:
             filter_ = dict(query)
+            filter_["companions_ttl"] = {"$in": [None, self._expiry_seconds]}
             deadline = self._companions_deadline()
             if deadline is not None:
                 filter_["companions_until"] = {"$not": {"$lt": deadline}}
@@ -491,17 +654,22 @@ class MongoDBSessionRepository(SessionRepository):
                 continue
             if matched:
                 return True, document
-            if (deadline is None or extended) and (size_limit is None or compacted):
-                return False, None
-            state = self._storage_state(session_id)
+            state = self._storage_state(session_id, measure=size_limit is not None and not compacted)
             if state is None:
                 return False, None
             retry = False
+            if state.companions_ttl not in (None, self._expiry_seconds):
+                # Another process changed the collection's TTL: follow it, and give what this
+                # session keeps outside its document (ours included) an expiry under it.
+                self._refresh_expiry(session_id)
+                self._extend_companions(session_id)
+                extended = retry = True
             until = state.companions_until
+            deadline = self._companions_deadline()
             if deadline is not None and not extended and until is not None and _aware(until) < deadline:
                 self._extend_companions(session_id)
                 extended = retry = True
-            if size_limit is not None and not compacted and (state.estimate or 0) > size_limit:
+            if state.size is not None and size_limit is not None and (state.estimate or 0) > size_limit:
                 # Close to the limit (the estimate runs a little ahead of the size), moving now saves
                 # a correction followed by a move at the next append.
                 if state.size > size_limit - max(1024, self.overflow_threshold_bytes // 64):
@@ -509,7 +677,7 @@ class MongoDBSessionRepository(SessionRepository):
                     target = max(0, min(size_limit, self.overflow_threshold_bytes // 2))
                     self._move_old_messages(session_id, target=target)
                 else:
-                    self._correct_estimate(session_id, state)
+                    self._correct_estimate(session_id, state.size, state.estimate)
                 compacted = retry = True  # retried without the size condition: it may not fit below it
             if not retry:
                 # Our conditions hold now. If the caller's own do too, another writer fixed what
@@ -519,32 +687,33 @@ class MongoDBSessionRepository(SessionRepository):
                         return False, None
                 unexplained += 1
 
-    def _storage_state(self, session_id: str) -> _StorageState | None:
-        """The session document's size, size estimate and overflow expiry (one small aggregate)."""
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"_id": session_id}},
-            {
-                "$project": {
-                    "_id": 0,
-                    "size": {"$bsonSize": "$$ROOT"},
-                    "size_estimate": 1,
-                    "companions_until": 1,
-                }
-            },
-        ]
+    def _storage_state(self, session_id: str, measure: bool) -> _StorageState | None:
+        """The session document's size estimate and overflow expiry; with ``measure``, its size too
+        (one small aggregate; otherwise a find of three fields)."""
+        fields = {"_id": 0, "size_estimate": 1, "companions_until": 1, "companions_ttl": 1}
         with self._errors(session_id, "read session size"):
-            documents = list(self.collection.aggregate(pipeline))
-        if not documents:
+            if measure:
+                pipeline: list[dict[str, Any]] = [
+                    {"$match": {"_id": session_id}},
+                    {"$project": {**fields, "size": {"$bsonSize": "$$ROOT"}}},
+                ]
+                documents = list(self.collection.aggregate(pipeline))
+                document = documents[0] if documents else None
+            else:
+                document = self.collection.find_one({"_id": session_id}, fields)
+        if document is None:
             return None
-        document = documents[0]
-        return _StorageState(int(document["size"]), document.get("size_estimate"), document.get("companions_until"))
+        return _StorageState(
+            int(document["size"]) if measure else None,
+            document.get("size_estimate"),
+            document.get("companions_until"),
+            document.get("companions_ttl"),
+        )
 
-    def _correct_estimate(self, session_id: str, state: _StorageState) -> None:
+    def _correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:
         """Bring ``size_estimate`` down to the measured size (writes since the measure keep their share)."""
         with self._errors(session_id, "correct size estimate"):
-            self.collection.update_one(
-                {"_id": session_id}, {"$inc": {"size_estimate": state.size - (state.estimate or 0)}}
-            )
+            self.collection.update_one({"_id": session_id}, {"$inc": {"size_estimate": size - (estimate or 0)}})
 
     def _move_old_messages(self, session_id: str, target: int | None = None) -> bool:
         """Move the oldest messages out of the session document until it is at ``target`` bytes.
@@ -567,11 +736,13 @@ class MongoDBSessionRepository(SessionRepository):
         """
         if target is None:
             target = self.overflow_threshold_bytes // 2
-        for _attempt in range(_MOVE_ATTEMPTS):
+        for attempt in range(_MOVE_ATTEMPTS):
             layout = self._message_layout(session_id)
             if layout is None:
                 return False
-            size, estimate, resident_sizes = layout
+            size, estimate, resident_sizes, pending = layout
+            if attempt == 0 and pending:
+                self._collect_pending(session_id, pending)  # leftovers of a crash, if any
             if size <= target:
                 return True
             plan = plan_moves(resident_sizes, size - target)
@@ -589,7 +760,6 @@ class MongoDBSessionRepository(SessionRepository):
             if document is None:
                 return False
             expire_at = self._companions_expiry()
-            self._mark_companions(session_id, expire_at)
             buckets: list[dict[str, Any]] = []
             crowded: list[str] = []
             condition: dict[str, Any] = {"_id": session_id}
@@ -631,6 +801,11 @@ class MongoDBSessionRepository(SessionRepository):
                 update["$push"][f"{path}.overflow"] = {"$each": descriptors}
             if not buckets:
                 return False
+            op = self._begin_overflow_write(
+                session_id, "buckets", [bucket["_id"] for bucket in buckets], expire_at, agents=list(plan)
+            )
+            condition["overflow_pending.op"] = op
+            update["$pull"]["overflow_pending"] = {"op": op}
             with self._errors(session_id, "move messages out"):
                 self.overflow.insert_many(buckets, ordered=True)
                 result = self.collection.update_one(condition, update)
@@ -644,9 +819,11 @@ class MongoDBSessionRepository(SessionRepository):
                 for key in crowded:
                     self._merge_buckets(session_id, key)
                 return True
-            # Another writer moved or edited these messages first: ours are copies nobody refers to.
+            # Another writer moved or edited these messages first (or took our record): ours are
+            # copies nobody refers to.
             with self._errors(session_id, "discard unused buckets"):
                 self.overflow.delete_many({"_id": {"$in": [bucket["_id"] for bucket in buckets]}})
+            self._end_overflow_write(session_id, op)
         raise SessionConflictError(
             f"session_id=<{session_id}> | could not move old messages out: other writers kept changing them"
         )
@@ -676,7 +853,7 @@ class MongoDBSessionRepository(SessionRepository):
             old = {doc["_id"]: doc for doc in self.overflow.find({"_id": {"$in": merged_ids}})}
         if len(old) != len(merged_ids):
             return  # another merge replaced some of them: its commit wins
-        expire_at = self._companions_expiry()
+        expire_at = self._companions_expiry()  # (tests interleave other writers here)
         new_descriptors: list[dict[str, Any]] = []
         new_buckets: list[dict[str, Any]] = []
         position = 0
@@ -696,18 +873,26 @@ class MongoDBSessionRepository(SessionRepository):
             position = start + count
         new_descriptors.extend(descriptors[position:])
         moved, edits = int(stored.get("overflow_count") or 0), int(stored.get("edits") or 0)
+        op = self._begin_overflow_write(
+            session_id, "buckets", [bucket["_id"] for bucket in new_buckets], expire_at, agents=[key]
+        )
         with self._errors(session_id, "merge buckets"):
             self.overflow.insert_many(new_buckets, ordered=True)
+            # The commit also turns our record into one of the buckets it replaces, so a crash
+            # before they are deleted leaves them to the collector.
             result = self.collection.update_one(
                 {
                     "_id": session_id,
                     f"{path}.overflow_count": _counter_is(moved),
                     f"{path}.edits": _counter_is(edits),
+                    "overflow_pending.op": op,
                 },
-                {"$set": {f"{path}.overflow": new_descriptors}},
+                {"$set": {f"{path}.overflow": new_descriptors, "overflow_pending.$[p].docs": merged_ids}},
+                array_filters=[{"p.op": op}],
             )
             unused = merged_ids if result.matched_count else [bucket["_id"] for bucket in new_buckets]
             self.overflow.delete_many({"_id": {"$in": unused}})
+        self._end_overflow_write(session_id, op)
         if result.matched_count:
             logger.debug(
                 "session_id=<%s>, buckets=<%d->%d> | overflow buckets merged",
@@ -716,8 +901,9 @@ class MongoDBSessionRepository(SessionRepository):
                 len(new_descriptors),
             )
 
-    def _message_layout(self, session_id: str) -> tuple[int, int, dict[str, list[int]]] | None:
-        """The document's size, its size estimate, and the size of each agent's resident messages."""
+    def _message_layout(self, session_id: str) -> tuple[int, int, dict[str, list[int]], list[Any]] | None:
+        """The document's size, its size estimate, the size of each agent's resident messages, and
+        the records of unfinished overflow writes."""
         pipeline: list[dict[str, Any]] = [
             {"$match": {"_id": session_id}},
             {
@@ -725,6 +911,7 @@ class MongoDBSessionRepository(SessionRepository):
                     "_id": 0,
                     "size": {"$bsonSize": "$$ROOT"},
                     "size_estimate": 1,
+                    "overflow_pending": 1,
                     "agents": {
                         "$map": {
                             "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
@@ -748,77 +935,111 @@ class MongoDBSessionRepository(SessionRepository):
             documents = list(self.collection.aggregate(pipeline))
         if not documents:
             return None
-        agents = {agent["k"]: list(agent["sizes"]) for agent in documents[0].get("agents") or []}
-        return int(documents[0]["size"]), int(documents[0].get("size_estimate") or 0), agents
+        document = documents[0]
+        agents = {agent["k"]: list(agent["sizes"]) for agent in document.get("agents") or []}
+        return (
+            int(document["size"]),
+            int(document.get("size_estimate") or 0),
+            agents,
+            list(document.get("overflow_pending") or []),
+        )
 
-    def _store_blobs(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> None:
-        """Write offloaded binary values (before the message that refers to them)."""
+    def _store_blobs(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> ObjectId | None:
+        """Write offloaded binary values, before the message that refers to them.
+
+        Returns:
+            The record of this unfinished write (see :meth:`_begin_overflow_write`), which the
+            commit of the message removes; ``None`` when there is nothing to write.
+        """
+        if not blobs:
+            return None
         expire_at = self._companions_expiry()
-        self._mark_companions(session_id, expire_at)
         documents = [doc for ref, data in blobs for doc in chunk_documents(session_id, ref, data, expire_at)]
+        op = self._begin_overflow_write(session_id, "blobs", [doc["_id"] for doc in documents], expire_at)
         with self._errors(session_id, "store binary content"):
             self.overflow.insert_many(documents, ordered=True)
         logger.debug("session_id=<%s>, values=<%d> | binary content stored outside the session", session_id, len(blobs))
+        return op
 
     def _discard_blobs(self, session_id: str, refs: list[BlobRef]) -> None:
         """Delete offloaded values nothing refers to any more."""
         if not refs:
             return
         with self._errors(session_id, "delete binary content"):
-            self.overflow.delete_many({"_id": {"$in": [chunk for ref in refs for chunk in ref.chunk_ids()]}})
+            self.overflow.delete_many(
+                {"_id": {"$in": [chunk for ref in refs for chunk in ref.chunk_ids()]}, "session_id": session_id}
+            )
 
-    def _discard_unreferenced(self, session_id: str, blobs: list[tuple[BlobRef, bytes]]) -> None:
-        """After a write that certainly did not happen: delete the values stored for it.
+    def _discard_unreferenced(self, session_id: str, blobs: list[tuple[BlobRef, bytes]], op: ObjectId | None) -> None:
+        """After a write that certainly did not store them: delete the values stored for it, and its record.
 
-        A failure here is logged, not raised: the caller is already raising the reason the write
-        failed, and the values are removed with the session in any case.
+        A failure here is logged, not raised: the caller is either raising the reason the write
+        failed or reporting a message that was already stored, and the record left behind makes the
+        next move, redaction or repair delete the values.
         """
+        if op is None:
+            return
         try:
             self._discard_blobs(session_id, [ref for ref, _ in blobs])
+            self._end_overflow_write(session_id, op)
         except MongoDBSessionError as e:
-            logger.warning("session_id=<%s> | could not delete unused binary content: %s", session_id, e)
+            logger.warning("session_id=<%s> | could not delete unused binary content yet: %s", session_id, e)
 
-    def _restore_blobs(self, session_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Put offloaded binary values back into message entries (one read for all of them)."""
+    def _decode_entries(self, session_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Give stored message entries back as they were written: values unescaped, offloaded binaries
+        put back (one read for all of them), each verified against its length and SHA-256.
+
+        Raises:
+            SessionStorageError: A chunk is missing, altered or malformed.
+        """
         refs = find_references(entries)
-        if not refs:
-            return entries
-        chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
-        with self._errors(session_id, "read binary content"):
-            chunks = {
-                (doc["_id"]["b"], doc["_id"]["n"]): bytes(doc["data"])
-                for doc in self.overflow.find({"_id": {"$in": chunk_ids}}, {"data": 1})
-            }
         values: dict[ObjectId, bytes] = {}
+        if refs:
+            chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
+            with self._errors(session_id, "read binary content"):
+                documents = list(self.overflow.find({"_id": {"$in": chunk_ids}}, {"data": 1}))
+            chunks: dict[tuple[ObjectId, int], bytes] = {}
+            for doc in documents:
+                key, data = _chunk_of(doc)
+                if key is None or data is None:
+                    raise SessionStorageError(
+                        f"session_id=<{session_id}> | a stored binary chunk is malformed in {self.overflow_collection_name}"
+                    )
+                chunks[key] = data
 
-        def lookup(ref: BlobRef) -> bytes:
-            if ref.blob_id not in values:
-                parts = {n: chunks[(ref.blob_id, n)] for n in range(ref.chunk_count) if (ref.blob_id, n) in chunks}
-                values[ref.blob_id] = assemble_blob(ref, parts, session_id)
-            return values[ref.blob_id]
+            def lookup(ref: BlobRef) -> bytes:
+                if ref.blob_id not in values:
+                    parts = {n: chunks[(ref.blob_id, n)] for n in range(ref.chunk_count) if (ref.blob_id, n) in chunks}
+                    values[ref.blob_id] = assemble_blob(ref, parts, session_id)
+                return values[ref.blob_id]
 
-        restored: list[dict[str, Any]] = restore_binaries(entries, lookup)
-        return restored
+            decoded: list[dict[str, Any]] = decode_value(entries, lookup)
+            return decoded
+        plain: list[dict[str, Any]] = decode_value(entries)
+        return plain
 
     def _offload(
         self, session_id: str, entry: dict[str, Any], operation: str
     ) -> tuple[list[tuple[BlobRef, bytes]], int]:
-        """Move large binaries of a message entry out (in place) and check what is left fits.
+        """Encode a message entry's values for storage (in place), large binaries moved out, and check
+        what is left fits.
 
         Returns:
             The values moved out, and the entry's encoded size without them.
         """
         blobs: list[tuple[BlobRef, bytes]] = []
-        for name in ("message", "redact_message"):
-            if entry.get(name) is not None:
-                entry[name], found = offload_binaries(entry[name], self.binary_offload_bytes, name)
+        for name, value in list(entry.items()):
+            if name in ("message", "redact_message"):
+                entry[name], found = encode_value(value, "session_message", self.binary_offload_bytes)
                 blobs.extend(found)
+            elif name not in ("message_id", "created_at", "updated_at"):
+                entry[name], _ = encode_value(value, "session_message")
         if blobs:
             # The references again, beside the message: what to delete when it is replaced.
             entry["blobs"] = [ref.to_binary() for ref, _ in blobs]
         try:
             size = entry_size(entry)
-        except (InvalidDocument, InvalidStringData, OverflowError, ValueError) as e:
+        except (InvalidDocument, InvalidStringData, OverflowError, ValueError, RecursionError) as e:
             raise SessionValidationError("session_message", f"cannot be stored in MongoDB ({operation}): {e}") from e
         if size > MAX_MESSAGE_BYTES:
             raise SessionTooLargeError(
@@ -827,27 +1048,32 @@ class MongoDBSessionRepository(SessionRepository):
         return blobs, size
 
     def _read_entries(
-        self, session_id: str, agent_id: str, offset: int, limit: int | None
+        self, session_id: str, agent_id: str, offset: int, limit: int | None, decode: bool = True
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Read stored entries ``[offset, offset + limit)`` of an agent (see :meth:`_read_entries_once`).
 
         A bucket that disappeared between the two reads was replaced by a merge: read again.
         """
-        return _reading_again_if_merged(lambda: self._read_entries_once(session_id, agent_id, offset, limit))
+        return _reading_again_if_merged(lambda: self._read_entries_once(session_id, agent_id, offset, limit, decode))
 
     def _read_entries_once(
-        self, session_id: str, agent_id: str, offset: int, limit: int | None
+        self, session_id: str, agent_id: str, offset: int, limit: int | None, decode: bool = True
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """Read stored entries ``[offset, offset + limit)`` of an agent, wherever they are.
 
         One aggregate on the session document returns the resident part of the range and the
         descriptors of the buckets that hold the rest; those buckets are read in one more command,
         each sliced on the server to the part of the range it holds. Offloaded binaries are put
-        back (one more read when there are any).
+        back (one more read when there are any) unless ``decode`` is false (then entries come back
+        as stored).
 
         Returns:
             ``(agent, entries)``: ``agent`` is ``None`` if the session is missing, ``{}`` if the
             agent is missing, otherwise ``{"message_count": ...}``.
+
+        Raises:
+            SessionStorageError: The stored history does not hold the messages its counter says it
+                has (entries removed, descriptors or chunks damaged).
         """
         end = None if limit is None else offset + limit
         moved = "$$moved"
@@ -922,7 +1148,7 @@ class MongoDBSessionRepository(SessionRepository):
         if not isinstance(stored, dict):
             return {}, []
         entries: list[dict[str, Any]] = []
-        descriptors = stored.get("overflow") or []
+        descriptors = _checked_descriptors(stored.get("overflow"), session_id, agent_id)
         if descriptors:
             if end is None:
                 bucket_take: Any = _SLICE_ALL
@@ -950,7 +1176,18 @@ class MongoDBSessionRepository(SessionRepository):
                     )
                 entries.extend(bucket.get("messages") or [])
         entries.extend(stored.get("messages") or [])
-        return {"message_count": stored.get("message_count")}, self._restore_blobs(session_id, entries)
+        count = stored.get("message_count")
+        if not isinstance(count, int) or count < 0:
+            raise SessionStorageError(
+                f"session_id=<{session_id}>, agent_id=<{agent_id}> | stored message counter is malformed"
+            )
+        expected = max(0, (count if end is None else min(end, count)) - offset)
+        if len(entries) != expected:
+            raise SessionStorageError(
+                f"session_id=<{session_id}>, agent_id=<{agent_id}> | stored history is incomplete: the agent has "
+                f"{count} messages, but {len(entries)} of the {expected} from message_id {offset} are stored"
+            )
+        return {"message_count": count}, self._decode_entries(session_id, entries) if decode else entries
 
     def _update_entry(
         self,
@@ -960,46 +1197,71 @@ class MongoDBSessionRepository(SessionRepository):
         fields: Mapping[str, Any],
         operation: str,
         field: str,
-        return_old_refs: bool = False,
-    ) -> list[BlobRef]:
+        replacing: bool = False,
+        op: ObjectId | None = None,
+    ) -> tuple[list[BlobRef], list[Any]]:
         """``$set`` fields of one stored message, wherever it is, addressed with ``array_filters``.
 
         A resident message is updated in one command (which also counts the edit, so a concurrent
         move of old messages notices). A moved one: its bucket is found from the session's
         descriptors and updated, then the session's ``updated_date`` moves.
 
+        Args:
+            replacing: Also return what the update replaced (see Returns), read by the same commands.
+            op: The record of binary values stored for the new content (see
+                :meth:`_begin_overflow_write`): the update commits them.
+
         Returns:
-            With ``return_old_refs``, the binary references the message held before (read by the
-            same command, transferring nothing else); otherwise ``[]``.
+            With ``replacing``: the binary references the message held before the update, and the
+            session's records of unfinished overflow writes (for the caller to collect); otherwise
+            ``([], [])``.
 
         Raises:
             SessionNotFoundError: The message does not exist.
+            _Collected: Our record was taken by a collector before the commit (its values may be
+                gone); nothing was changed: store them again and retry.
         """
         encoded = encode_field_name(agent_id)
         path = f"agents.{encoded}"
         changes: dict[str, Any] = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
         changes["updated_date"] = utc_now()
         resident = {"$getField": {"field": "messages", "input": {"$getField": {"field": encoded, "input": "$agents"}}}}
+        query: dict[str, Any] = {"_id": session_id, f"{path}.messages.message_id": message_id}
+        update: dict[str, Any] = {"$set": changes, "$inc": {f"{path}.edits": 1}}
+        if op is not None:
+            query["overflow_pending.op"] = op
+            update["$pull"] = {"overflow_pending": {"op": op}}
         matched, document = self._write_session(
             session_id,
-            {"_id": session_id, f"{path}.messages.message_id": message_id},
-            {"$set": changes, "$inc": {f"{path}.edits": 1}},
+            query,
+            update,
             operation=operation,
             field=field,
             payload=changes,
             array_filters=[{"m.message_id": message_id}],
-            returning=_old_refs_projection(resident, message_id) if return_old_refs else None,
+            returning=_replaced_projection(resident, message_id) if replacing else None,
             return_document=ReturnDocument.BEFORE,
         )
         if matched:
-            return _old_refs(document)
+            return _old_refs(document), list((document or {}).get("pending") or [])
         not_found = SessionNotFoundError(
             f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | message does not exist"
         )
         with self._errors(session_id, operation):
-            document = self.collection.find_one({"_id": session_id}, {f"{path}.overflow": 1})
+            document = self.collection.find_one(
+                {"_id": session_id}, {f"{path}.overflow": 1, f"{path}.messages.message_id": 1, "overflow_pending": 1}
+            )
+        resident_ids = [entry.get("message_id") for entry in _dig(document, f"{path}.messages") or []]
+        if op is not None and message_id in resident_ids:
+            raise _Collected()  # the message is resident: only our record can have been missing
         bucket_changes = {f"messages.$[m].{name}": value for name, value in fields.items()}
         old_refs: list[BlobRef] = []
+        pending: list[Any] = list((document or {}).get("overflow_pending") or [])
+        moved = _descriptor_of(_dig(document, f"{path}.overflow"), message_id) is not None
+        # A moved message: the bucket cannot check our record, so the record goes first; a crash
+        # from here on leaves our values unreferenced (repair_session collects them).
+        if op is not None and moved and not self._end_overflow_write(session_id, op):
+            raise _Collected()
         for _attempt in range(_MOVE_ATTEMPTS):
             descriptor = _descriptor_of(_dig(document, f"{path}.overflow"), message_id)
             if descriptor is None:
@@ -1008,7 +1270,7 @@ class MongoDBSessionRepository(SessionRepository):
                 old_bucket = self.overflow.find_one_and_update(
                     {"_id": descriptor["id"], "messages.message_id": message_id},
                     {"$set": bucket_changes},
-                    projection=_old_refs_projection("$messages", message_id),
+                    projection=_replaced_projection("$messages", message_id),
                     array_filters=[{"m.message_id": message_id}],
                     return_document=ReturnDocument.BEFORE,
                 )
@@ -1022,11 +1284,12 @@ class MongoDBSessionRepository(SessionRepository):
                 {"_id": session_id},
                 {"$set": {"updated_date": utc_now()}, "$inc": {f"{path}.edits": 1}},
                 operation=operation,
-                returning={f"{path}.overflow": 1},
+                returning={f"{path}.overflow": 1, "overflow_pending": 1},
             )
+            pending = list((document or {}).get("overflow_pending") or [])
             current = _descriptor_of(_dig(document, f"{path}.overflow"), message_id)
             if old_bucket is not None and current is not None and current["id"] == descriptor["id"]:
-                return old_refs
+                return old_refs, pending
         raise SessionConflictError(
             f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | the moved message kept "
             "being reorganised while it was updated; retry"
@@ -1122,6 +1385,137 @@ class MongoDBSessionRepository(SessionRepository):
                 removed = self.overflow.delete_many({"session_id": session_id}).deleted_count
                 logger.debug("session_id=<%s>, documents=<%d> | overflow storage deleted", session_id, removed)
         logger.debug("session_id=<%s> | session deleted", session_id)
+
+    def repair_session(self, session_id: str, grace: timedelta = DEFAULT_REPAIR_GRACE) -> dict[str, int]:
+        """Delete what crashes left of a session outside its document.
+
+        Writes to the overflow collection are crash-safe (see :meth:`_begin_overflow_write`): what
+        an interrupted write leaves behind is never read, and the next move or redaction of the
+        session collects most of it. Two leftovers need this step: the old binaries of a message
+        whose redaction was interrupted right after it replaced them, and new binaries of an
+        interrupted redaction of a moved message. Both are unreferenced. This deletes every
+        overflow document of the session that nothing refers to and that is older than ``grace``
+        (younger ones may belong to a write still in flight), and every unfinished write's record
+        older than ``grace`` with its documents.
+
+        Args:
+            session_id: The session.
+            grace: Leave documents and records younger than this (default 10 minutes).
+
+        Returns:
+            ``{"unfinished_writes": ..., "unreferenced_documents": ...}``: how many of each were removed.
+
+        Raises:
+            SessionNotFoundError: The session does not exist.
+            SessionStorageError: The session refers to overflow documents that are missing (its
+                data is damaged); nothing was deleted.
+        """
+        validate_id(session_id, "session_id")
+        if not isinstance(grace, timedelta) or grace < timedelta(0):
+            raise SessionValidationError("grace", "must be a non-negative timedelta", grace)
+        with self._errors(session_id, "repair session"):
+            document = self.collection.find_one({"_id": session_id}, {"overflow_pending": 1})
+        if document is None:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        taken = self._collect_pending(session_id, document.get("overflow_pending"), older_than=grace)
+        for _attempt in range(_MOVE_ATTEMPTS):
+            garbage = self._unreferenced_overflow(session_id, grace)
+            if garbage is None:
+                continue  # a merge replaced buckets while we read them: read again
+            if garbage:
+                with self._errors(session_id, "repair session"):
+                    self.overflow.delete_many({"_id": {"$in": garbage}, "session_id": session_id})
+            logger.info(
+                "session_id=<%s>, unfinished_writes=<%d>, unreferenced_documents=<%d> | session repaired",
+                session_id,
+                taken,
+                len(garbage),
+            )
+            return {"unfinished_writes": taken, "unreferenced_documents": len(garbage)}
+        raise SessionConflictError(f"session_id=<{session_id}> | could not repair: the session kept changing; retry")
+
+    def _unreferenced_overflow(self, session_id: str, grace: timedelta) -> list[Any] | None:
+        """``_id`` of the session's overflow documents older than ``grace`` that nothing refers to.
+
+        Lists the documents first, then reads what refers to them (descriptors, binary references
+        in resident and moved messages, records of unfinished writes): a document written after the
+        listing is not considered, one written before it is protected by its record until its commit
+        makes it referenced.
+
+        Returns:
+            The ids, or ``None`` if a bucket named by a descriptor vanished meanwhile (a merge).
+
+        Raises:
+            SessionStorageError: Buckets the session refers to are missing.
+        """
+        with self._errors(session_id, "repair session"):
+            listed = [doc["_id"] for doc in self.overflow.find({"session_id": session_id}, {"_id": 1})]
+            documents = list(
+                self.collection.aggregate(
+                    [
+                        {"$match": {"_id": session_id}},
+                        {
+                            "$project": {
+                                "_id": 0,
+                                "pending": "$overflow_pending",
+                                "agents": {
+                                    "$map": {
+                                        "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                                        "as": "agent",
+                                        "in": {
+                                            "agent_id": "$$agent.v.agent_id",
+                                            "overflow": "$$agent.v.overflow",
+                                            # An explicit $map: the test server does not
+                                            # follow a path through an array in an expression.
+                                            "blobs": {
+                                                "$map": {
+                                                    "input": {"$ifNull": ["$$agent.v.messages", []]},
+                                                    "as": "entry",
+                                                    "in": {"$ifNull": ["$$entry.blobs", []]},
+                                                }
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        },
+                    ]
+                )
+            )
+        if not documents:
+            raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        protected = {
+            _overflow_key(doc) for record in documents[0].get("pending") or [] for doc in record.get("docs") or []
+        }
+        buckets: set[Any] = set()
+        refs: list[Any] = []
+        for agent in documents[0].get("agents") or []:
+            descriptors = _checked_descriptors(agent.get("overflow"), session_id, str(agent.get("agent_id")))
+            buckets.update(d["id"] for d in descriptors)
+            refs.extend(value for values in agent.get("blobs") or [] for value in values or [])
+        if buckets:
+            with self._errors(session_id, "repair session"):
+                moved = list(self.overflow.find({"_id": {"$in": list(buckets)}}, {"messages.blobs": 1}))
+            if len(moved) != len(buckets):
+                return None
+            refs.extend(
+                value
+                for bucket in moved
+                for entry in bucket.get("messages") or []
+                for value in entry.get("blobs") or []
+            )
+        blob_ids = {BlobRef.from_binary(value).blob_id for value in refs}
+        now = utc_now()
+        garbage = []
+        for doc_id in listed:
+            key = _overflow_key(doc_id)
+            written = key[0] if isinstance(key, tuple) else key
+            if not isinstance(written, ObjectId) or now - written.generation_time < grace or key in protected:
+                continue
+            if key in buckets or (isinstance(key, tuple) and key[0] in blob_ids):
+                continue
+            garbage.append(doc_id)
+        return garbage
 
     # ------------------------------------------------------------------ agents
 
@@ -1220,9 +1614,14 @@ class MongoDBSessionRepository(SessionRepository):
         the document stays under the overflow threshold: otherwise old messages move out first).
         Binary values above ``binary_offload_bytes`` are stored outside the document beforehand.
 
+        Appending is idempotent: if the agent already holds this very message at ``message_id``
+        (same ``tracking_id``, or, for messages without one, the same content), for example because
+        an earlier attempt was applied although it reported a failure (a timeout, a lost
+        connection), the append succeeds without writing anything.
+
         Raises:
-            SessionConflictError: Another writer appended first (the agent does not have exactly
-                ``message_id`` messages). Nothing was written.
+            SessionConflictError: Another writer appended first: the agent holds a different
+                message at ``message_id``, or fewer than ``message_id`` messages. Nothing was written.
             SessionNotFoundError: The session or agent does not exist.
             SessionTooLargeError: The message alone, with its large binaries moved out, is too
                 large for a MongoDB document. Nothing was written.
@@ -1231,42 +1630,76 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(agent_id, "agent_id")
         message_id = validate_message_id(session_message.message_id)
         path = f"agents.{encode_field_name(agent_id)}"
-        entry = message_to_entry(session_message)
         extras = _message_extras.get()
-        if extras is not None and extras[0] is session_message.message:
-            entry.update(extras[1])
-        blobs, size = self._offload(session_id, entry, "append message")
-        if blobs:
-            self._store_blobs(session_id, blobs)
-        try:
-            matched, _ = self._write_session(
-                session_id,
-                {"_id": session_id, f"{path}.message_count": message_id},
-                {
-                    "$push": {f"{path}.messages": entry},
-                    "$inc": {f"{path}.message_count": 1},
-                    "$set": {"updated_date": utc_now()},
-                },
-                operation="append message",
-                field="session_message",
-                payload=entry,
-                # The entry, its array index key (up to 7 bytes) and type byte.
-                growth=size + 8,
-                # Room for them; beyond it, old messages move out first.
-                size_limit=self.overflow_threshold_bytes - size - 8,
-            )
-            if not matched:
-                self._raise_append_failure(session_id, agent_id, message_id)
-        except (SessionConflictError, SessionNotFoundError, SessionValidationError):
-            # Certainly not appended (refused or not matched): its binaries are unreferenced.
-            self._discard_unreferenced(session_id, blobs)
-            raise
-        logger.debug(
-            "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message appended", session_id, agent_id, message_id
+        for _attempt in range(_MOVE_ATTEMPTS):
+            entry = message_to_entry(session_message)
+            if extras is not None and extras[0] is session_message.message:
+                entry.update(extras[1])
+            blobs, size = self._offload(session_id, entry, "append message")
+            op = self._store_blobs(session_id, blobs)
+            query: dict[str, Any] = {"_id": session_id, f"{path}.message_count": message_id}
+            update: dict[str, Any] = {
+                "$push": {f"{path}.messages": entry},
+                "$inc": {f"{path}.message_count": 1},
+                "$set": {"updated_date": utc_now()},
+            }
+            if op is not None:  # the append commits the binaries stored for it
+                query["overflow_pending.op"] = op
+                update["$pull"] = {"overflow_pending": {"op": op}}
+            try:
+                matched, _ = self._write_session(
+                    session_id,
+                    query,
+                    update,
+                    operation="append message",
+                    field="session_message",
+                    payload=entry,
+                    # The entry, its array index key (up to 7 bytes) and type byte.
+                    growth=size + 8,
+                    # Room for them; beyond it, old messages move out first.
+                    size_limit=self.overflow_threshold_bytes - size - 8,
+                )
+                stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, entry)
+            except (SessionConflictError, SessionNotFoundError, SessionValidationError):
+                # Certainly not appended (refused or not matched): its binaries are unreferenced.
+                self._discard_unreferenced(session_id, blobs, op)
+                raise
+            if matched:
+                logger.debug(
+                    "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message appended",
+                    session_id,
+                    agent_id,
+                    message_id,
+                )
+                return
+            self._discard_unreferenced(session_id, blobs, op)  # stored by an earlier attempt, or to retry
+            if stored:
+                logger.debug(
+                    "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message was already stored",
+                    session_id,
+                    agent_id,
+                    message_id,
+                )
+                return
+        raise SessionConflictError(
+            f"session_id=<{session_id}>, agent_id=<{agent_id}> | cannot append message_id {message_id}: "
+            "the session kept changing under the append; retry"
         )
 
-    def _raise_append_failure(self, session_id: str, agent_id: str, message_id: int) -> None:
-        """Explain why a conditional append matched nothing (runs only on that failure path)."""
+    def _settle_unmatched_append(
+        self, session_id: str, agent_id: str, message_id: int, entry: Mapping[str, Any]
+    ) -> bool:
+        """Why a conditional append matched nothing (runs only on that failure path).
+
+        Returns:
+            True if the agent already holds this very message at ``message_id`` (see
+            :meth:`create_message`); False if the append should simply be tried again (the counter
+            is right: the record of its binaries was collected meanwhile).
+
+        Raises:
+            SessionNotFoundError: The session or agent does not exist.
+            SessionConflictError: Another writer's message is at ``message_id``, or a hole would open.
+        """
         path = f"agents.{encode_field_name(agent_id)}"
         with self._errors(session_id, "append message"):
             document = self.collection.find_one({"_id": session_id}, {f"{path}.message_count": 1})
@@ -1276,6 +1709,12 @@ class MongoDBSessionRepository(SessionRepository):
         if stored is None:
             raise _missing(session_id, agent_id, document)
         count = stored.get("message_count")
+        if count == message_id:
+            return False
+        if isinstance(count, int) and count > message_id:
+            _, existing = self._read_entries(session_id, agent_id, message_id, 1, decode=False)
+            if existing and same_message(existing[0], entry):
+                return True
         raise SessionConflictError(
             f"session_id=<{session_id}>, agent_id=<{agent_id}> | cannot append message_id {message_id}: "
             f"the agent has {count} stored messages (another writer appended first); reload the session and retry"
@@ -1308,19 +1747,51 @@ class MongoDBSessionRepository(SessionRepository):
             "redact_message": session_message.redact_message,
             "updated_at": updated_at,
         }
-        blobs, _ = self._offload(session_id, fields, "update message")
-        fields.setdefault("blobs", [])
-        if blobs:
-            self._store_blobs(session_id, blobs)
-        try:
-            old_refs = self._update_entry(
-                session_id, agent_id, message_id, fields, "update message", "session_message", return_old_refs=True
+        for _attempt in range(_MOVE_ATTEMPTS):
+            stored_fields = dict(fields)
+            blobs, _ = self._offload(session_id, stored_fields, "update message")
+            stored_fields.setdefault("blobs", [])
+            op = self._store_blobs(session_id, blobs)
+            try:
+                old_refs, pending = self._update_entry(
+                    session_id,
+                    agent_id,
+                    message_id,
+                    stored_fields,
+                    "update message",
+                    "session_message",
+                    replacing=True,
+                    op=op,
+                )
+                break
+            except _Collected:
+                self._discard_unreferenced(session_id, blobs, op)
+            except (SessionNotFoundError, SessionValidationError):
+                self._discard_unreferenced(session_id, blobs, op)
+                raise
+        else:
+            raise SessionConflictError(
+                f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{message_id}> | could not update "
+                "the message: the session kept changing under the update; retry"
             )
-        except (SessionNotFoundError, SessionValidationError):
-            self._discard_unreferenced(session_id, blobs)
-            raise
-        # Redacted content must not survive outside the document either.
-        self._discard_blobs(session_id, old_refs)
+        # Redacted content must not survive outside the document either: the binaries it replaced,
+        # and copies of messages that unfinished moves or merges left behind. Only what was really
+        # replaced: a merge racing this update can make it apply twice, the second time over our
+        # own new values.
+        written = {ref.blob_id for ref, _ in blobs}
+        replaced = list({ref.blob_id: ref for ref in old_refs if ref.blob_id not in written}.values())
+        self._discard_blobs(session_id, replaced)
+        if pending:
+            # Copies of this agent's messages left by unfinished moves and merges may hold what was
+            # just replaced: take them whatever their age (one still in flight fails its commit on
+            # our edit anyway). Other unfinished writes only once they are stale.
+            key = encode_field_name(agent_id)
+            self._collect_pending(
+                session_id,
+                pending,
+                any_age=lambda record: record.get("kind") == "buckets" and key in (record.get("agents") or []),
+                own=op,
+            )
         session_message.updated_at = updated_at
         logger.debug(
             "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message updated", session_id, agent_id, message_id
@@ -1356,7 +1827,8 @@ class MongoDBSessionRepository(SessionRepository):
         validate_id(session_id, "session_id")
         multi_agent_id = validate_id(multi_agent.id, "multi_agent_id")
         now = iso_now()
-        record = {"id": multi_agent_id, "state": multi_agent.serialize_state(), "created_at": now, "updated_at": now}
+        state, _ = encode_value(multi_agent.serialize_state(), "multi_agent_state")
+        record = {"id": multi_agent_id, "state": state, "created_at": now, "updated_at": now}
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         matched, _ = self._write_session(
             session_id,
@@ -1378,7 +1850,7 @@ class MongoDBSessionRepository(SessionRepository):
         with self._errors(session_id, "read multi-agent"):
             document = self.collection.find_one({"_id": session_id}, {f"{path}.state": 1})
         stored = _dig(document, path)
-        return stored.get("state") if stored else None
+        return decode_value(stored.get("state")) if stored else None
 
     def update_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
         """Replace the stored state of a Graph or Swarm.
@@ -1390,7 +1862,7 @@ class MongoDBSessionRepository(SessionRepository):
         multi_agent_id = validate_id(multi_agent.id, "multi_agent_id")
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         changes: dict[str, Any] = {
-            f"{path}.state": multi_agent.serialize_state(),
+            f"{path}.state": encode_value(multi_agent.serialize_state(), "multi_agent_state")[0],
             f"{path}.updated_at": iso_now(),
             "updated_date": utc_now(),
         }
@@ -1424,7 +1896,8 @@ class MongoDBSessionRepository(SessionRepository):
             validate_metadata_key(name)
             if name in MESSAGE_FIELDS or name in _ENTRY_BOOKKEEPING:
                 raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
-        self._update_entry(session_id, agent_id, message_id, fields, "set message fields", "fields")
+        encoded = {name: encode_value(value, f"fields[{name!r}]")[0] for name, value in fields.items()}
+        self._update_entry(session_id, agent_id, message_id, encoded, "set message fields", "fields")
 
     def get_message_metrics(self, session_id: str, agent_id: str) -> list[dict[str, Any]]:
         """Return ``[{"message_id", "event_loop_metrics"}, ...]`` for the agent's messages that carry metrics.
@@ -1454,23 +1927,34 @@ class MongoDBSessionRepository(SessionRepository):
             if stored is None:
                 raise _missing(session_id, agent_id, document)
             entries: list[Any] = []
-            descriptors = stored.get("overflow") or []
+            descriptors = _checked_descriptors(stored.get("overflow"), session_id, agent_id)
             if descriptors:
-                buckets = list(
-                    self.overflow.find(
+                buckets = {
+                    bucket["_id"]: bucket
+                    for bucket in self.overflow.find(
                         {"_id": {"$in": [d["id"] for d in descriptors]}},
-                        {"first": 1, "messages.message_id": 1, "messages.event_loop_metrics": 1},
+                        {"messages.message_id": 1, "messages.event_loop_metrics": 1},
                     )
-                )
-                if len(buckets) != len(descriptors):
-                    raise _BucketGone(f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages are missing")
-                for bucket in sorted(buckets, key=lambda b: b["first"]):
+                }
+                for descriptor in sorted(descriptors, key=lambda d: d["first"]):
+                    bucket = buckets.get(descriptor["id"])
+                    if bucket is None:
+                        raise _BucketGone(
+                            f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages from message_id "
+                            f"{descriptor['first']} are missing from {self.overflow_collection_name}"
+                        )
                     entries.extend(bucket.get("messages") or [])
         entries.extend(stored.get("messages") or [])
+        ids = [entry.get("message_id") if isinstance(entry, dict) else None for entry in entries]
+        if ids != list(range(len(ids))) or len(ids) != stored.get("message_count"):
+            raise SessionStorageError(
+                f"session_id=<{session_id}>, agent_id=<{agent_id}> | stored history is incomplete or out of order: "
+                f"{len(ids)} messages found for a count of {stored.get('message_count')}"
+            )
         return [
-            {"message_id": entry.get("message_id"), "event_loop_metrics": entry["event_loop_metrics"]}
+            {"message_id": entry["message_id"], "event_loop_metrics": decode_value(entry["event_loop_metrics"])}
             for entry in entries
-            if isinstance(entry, dict) and "event_loop_metrics" in entry
+            if "event_loop_metrics" in entry
         ]
 
     # ------------------------------------------------------------------ metadata
@@ -1483,10 +1967,10 @@ class MongoDBSessionRepository(SessionRepository):
             SessionNotFoundError: The session does not exist.
         """
         validate_id(session_id, "session_id")
-        validate_metadata(metadata)
-        if not metadata:
+        stored = validate_metadata(metadata)
+        if not stored:
             return
-        changes: dict[str, Any] = {f"metadata.{key}": value for key, value in metadata.items()}
+        changes: dict[str, Any] = {f"metadata.{key}": value for key, value in stored.items()}
         changes["updated_date"] = utc_now()
         matched, _ = self._write_session(
             session_id,
@@ -1511,7 +1995,7 @@ class MongoDBSessionRepository(SessionRepository):
             document = self.collection.find_one({"_id": session_id}, {"metadata": 1})
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
-        metadata: dict[str, Any] = _aware_all(document.get("metadata") or {})
+        metadata: dict[str, Any] = _aware_all(decode_value(document.get("metadata") or {}))
         return metadata
 
     def delete_metadata(self, session_id: str, keys: list[str]) -> None:
@@ -1618,8 +2102,8 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionValidationError("limit", "must be an integer from 1 to 1000", limit)
         query: dict[str, Any] = {}
         if metadata_filter:
-            validate_metadata(dict(metadata_filter))
-            query.update({f"metadata.{key}": {"$eq": value} for key, value in metadata_filter.items()})
+            stored = validate_metadata(dict(metadata_filter))
+            query.update({f"metadata.{key}": {"$eq": value} for key, value in stored.items()})
         if after is not None:
             query["_id"] = {"$gt": validate_id(after, "after")}
         projection = {
@@ -1639,14 +2123,60 @@ class MongoDBSessionRepository(SessionRepository):
                 "created_at": doc.get("created_at"),
                 "updated_at": doc.get("updated_at"),
                 "last_activity": _aware(doc.get("updated_date")),
-                "metadata": doc.get("metadata") or {},
+                "metadata": decode_value(doc.get("metadata") or {}),
             }
             for doc in documents
         ]
 
 
+class _Collected(Exception):
+    """A collector took the record of our unfinished overflow write before we committed (internal)."""
+
+
 class _BucketGone(SessionStorageError):
     """A bucket a descriptor named was not found (replaced by a merge meanwhile, or lost)."""
+
+
+def _checked_descriptors(descriptors: Any, session_id: str, agent_id: str) -> list[dict[str, Any]]:
+    """An agent's bucket descriptors, checked: each names a bucket id and a range of message ids.
+
+    Raises:
+        SessionStorageError: They are malformed (the document was damaged or altered).
+    """
+    if descriptors is None:
+        return []
+    well_formed = isinstance(descriptors, list) and all(
+        isinstance(d, dict)
+        and isinstance(d.get("id"), ObjectId)
+        and all(isinstance(d.get(name), int) and not isinstance(d.get(name), bool) for name in ("first", "count"))
+        and d["first"] >= 0
+        and d["count"] > 0
+        for d in descriptors
+    )
+    if not well_formed:
+        raise SessionStorageError(
+            f"session_id=<{session_id}>, agent_id=<{agent_id}> | stored bucket descriptors are malformed"
+        )
+    return list(descriptors)
+
+
+def _overflow_key(doc_id: Any) -> Any:
+    """A hashable key for an overflow document's ``_id``: a bucket's ObjectId, or ``(blob id, n)`` for a chunk."""
+    if isinstance(doc_id, dict):
+        return (doc_id.get("b"), doc_id.get("n"))
+    return doc_id
+
+
+def _chunk_of(document: Any) -> tuple[tuple[ObjectId, int] | None, bytes | None]:
+    """``((blob id, chunk number), bytes)`` of a chunk document; ``(None, None)`` if it is malformed."""
+    chunk_id = document.get("_id") if isinstance(document, dict) else None
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(chunk_id, dict) or not isinstance(data, bytes):
+        return None, None
+    blob_id, number = chunk_id.get("b"), chunk_id.get("n")
+    if not isinstance(blob_id, ObjectId) or not isinstance(number, int) or isinstance(number, bool):
+        return None, None
+    return (blob_id, number), data
 
 
 _T = TypeVar("_T")
@@ -1670,9 +2200,10 @@ def _counter_is(value: int) -> Any:
 
 @dataclass(frozen=True)
 class _StorageState:
-    size: int
+    size: int | None
     estimate: int | None
     companions_until: datetime | None
+    companions_ttl: Any
 
 
 def _with_growth(update: Any, grows_by: int) -> Any:
@@ -1696,10 +2227,12 @@ def _descriptor_of(descriptors: Any, message_id: int) -> dict[str, Any] | None:
     return None
 
 
-def _old_refs_projection(messages: Any, message_id: int) -> dict[str, Any]:
-    """A projection (aggregation syntax) returning only the binary references of one message entry."""
+def _replaced_projection(messages: Any, message_id: int) -> dict[str, Any]:
+    """A projection (aggregation syntax) returning only the binary references of one message entry,
+    and the records of unfinished overflow writes (``pending``; absent from bucket documents)."""
     return {
         "_id": 0,
+        "pending": "$overflow_pending",
         "old": {
             "$map": {
                 "input": {

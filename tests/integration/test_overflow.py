@@ -402,11 +402,12 @@ class _RacingRepository(MongoDBSessionRepository):
 
     interfere: Any = None
 
-    def _mark_companions(self, session_id: str, expire_at: Any) -> None:
-        super()._mark_companions(session_id, expire_at)
+    def _begin_overflow_write(self, session_id: str, kind: str, docs: list[Any], expire_at: Any, **kwargs: Any) -> Any:
+        op = super()._begin_overflow_write(session_id, kind, docs, expire_at, **kwargs)
         interfere, self.interfere = self.interfere, None
         if interfere is not None:
             interfere()
+        return op
 
 
 def _racing(client: MongoClient[dict[str, Any]], database_name: str) -> _RacingRepository:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import secrets
+import signal
 import threading
 import time
 import traceback
@@ -264,22 +266,65 @@ def test_server_stopped_mid_conversation_fails_fast_then_the_same_manager_and_po
     assert [entry.message_id for entry in again.mongodb_repository.list_messages("talk", "assistant")] == list(range(6))
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param({"closeConnection": True}, id="not-applied"),
+        pytest.param({"writeConcernError": {"code": 89, "errmsg": "reply lost"}}, id="applied-but-reported-failed"),
+    ],
+)
 @pytest.mark.usefixtures("failpoint_off")
-def test_the_same_agent_goes_on_after_a_failed_append(
-    uri: str, admin: MongoClient[dict[str, Any]], db: str, new_manager: Callable[..., MongoDBSessionManager]
+def test_the_same_agent_goes_on_after_a_failed_append_and_stores_what_it_holds(
+    uri: str,
+    admin: MongoClient[dict[str, Any]],
+    db: str,
+    workers: WorkerServer,
+    new_manager: Callable[..., MongoDBSessionManager],
+    failure: dict[str, Any],
 ) -> None:
+    # Without driver retries, the append fails either way: whether it was applied is unknown.
     manager = new_manager("talk", uri, db, appName="same-agent", retryWrites=False)
     agent = _agent(manager)
     agent("first")
-    _fail_next(admin, "same-agent", {"closeConnection": True})
+    _fail_next(admin, "same-agent", failure)
     with pytest.raises(SessionStorageError):
-        agent("this question is not stored")
+        agent("the question whose append failed")
 
-    agent("second")  # today: SessionConflictError (message_id 3 expected 2)
+    agent("second")  # before: SessionConflictError for ever when the failed append had been applied
 
+    # The agent kept the question in its history; the store holds exactly that history, once.
     stored = manager.mongodb_repository.list_messages("talk", "assistant")
-    assert [entry.message_id for entry in stored] == [0, 1, 2, 3]
-    assert stored[2].message["content"] == [{"text": "second"}]
+    assert [entry.message_id for entry in stored] == [0, 1, 2, 3, 4]
+    assert [entry.message for entry in stored] == agent.messages
+    assert stored[2].message["content"] == [{"text": "the question whose append failed"}]
+    assert _restore_elsewhere(workers, uri, db, "talk", "assistant")["messages"] == agent.messages
+
+
+@pytest.mark.usefixtures("failpoint_off")
+def test_a_frozen_server_fails_a_turn_within_the_timeout_and_the_same_agent_goes_on(
+    server: ServerHandle, uri: str, db: str, workers: WorkerServer, new_manager: Callable[..., MongoDBSessionManager]
+) -> None:
+    """The hostile run: SIGSTOP during a turn; the append failed after ~20 s yet was applied, and the
+    same agent's next turn raised SessionConflictError for ever."""
+    manager = new_manager("frozen", uri, db, timeoutMS=2000, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS)
+    agent = _agent(manager)
+    agent("first")
+    pid = server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the pooled connection stays open: the append is sent, never answered
+    try:
+        _fails_with_storage_error(lambda: agent("asked while the server is frozen"))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    agent("asked after it resumed")
+
+    stored = manager.mongodb_repository.list_messages("frozen", "assistant")
+    assert [entry.message_id for entry in stored] == list(range(len(agent.messages)))
+    assert [entry.message for entry in stored] == agent.messages
+    texts = [entry.message["content"][0]["text"] for entry in stored]
+    assert texts.count("asked while the server is frozen") == 1
+    assert _restore_elsewhere(workers, uri, db, "frozen", "assistant")["messages"] == agent.messages
 
 
 # ------------------------------------------------------------------------------------------ crash
@@ -471,22 +516,28 @@ def test_with_retryable_writes_off_a_dropped_connection_is_reported_and_nothing_
 
 
 @pytest.mark.usefixtures("failpoint_off")
-def test_a_write_reported_failed_but_applied_is_not_applied_again_by_an_application_retry(
+def test_a_write_reported_failed_but_applied_succeeds_when_retried_and_is_stored_once(
     uri: str, admin: MongoClient[dict[str, Any]], db: str, new_client: Callable[..., MongoClient[dict[str, Any]]]
 ) -> None:
     # Without driver retries, a lost reply is an error although the write happened. Retrying the
-    # same append is then refused by the counter guard instead of storing the message twice.
+    # same append finds its own message stored: a success, and nothing is written twice.
     updates = _UpdateLog()
     client = new_client(uri, appName="app-retry", event_listeners=[updates], retryWrites=False)
     repository = _repository_with_agent(client, db, updates)
     _fail_next(admin, "app-retry", {"writeConcernError": {"code": 89, "errmsg": "reply lost"}})
+    message = _message(0)
 
-    error, _ = _fails_with_storage_error(lambda: repository.create_message("s", "a", _message(0)))
+    error, _ = _fails_with_storage_error(lambda: repository.create_message("s", "a", message))
     assert isinstance(error.__cause__, WriteConcernError)
     assert _stored(admin, db) == ([0], 1)
 
+    repository.create_message("s", "a", message)  # the application retries the same message
+    assert _stored(admin, db) == ([0], 1)
+    # A different message at that id is another writer's: still a conflict.
     with pytest.raises(SessionConflictError, match="cannot append message_id 0"):
-        repository.create_message("s", "a", _message(0))
+        repository.create_message(
+            "s", "a", _message(0).__class__(message={"role": "user", "content": []}, message_id=0)
+        )
     assert _stored(admin, db) == ([0], 1)
 
 

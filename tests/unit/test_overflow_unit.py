@@ -10,6 +10,7 @@ import pytest
 from bson.binary import Binary
 
 from mongodb_session_manager import MongoDBSessionRepository, SessionStorageError, SessionValidationError
+from mongodb_session_manager._codec import decode_value, encode_value
 from mongodb_session_manager._overflow import (
     CHUNK_BYTES,
     REFERENCE_SUBTYPE,
@@ -17,10 +18,8 @@ from mongodb_session_manager._overflow import (
     assemble_blob,
     chunk_documents,
     find_references,
-    offload_binaries,
     plan_merges,
     plan_moves,
-    restore_binaries,
     split_into_buckets,
 )
 
@@ -30,9 +29,9 @@ def _image(data: bytes) -> dict[str, Any]:
 
 
 def _round_trip(message: Any, threshold: int) -> tuple[Any, Any, list[tuple[BlobRef, bytes]]]:
-    stored, blobs = offload_binaries(message, threshold)
+    stored, blobs = encode_value(message, "message", threshold)
     values = {ref.blob_id: data for ref, data in blobs}
-    return stored, restore_binaries(stored, lambda ref: values[ref.blob_id]), blobs
+    return stored, decode_value(stored, lambda ref: values[ref.blob_id]), blobs
 
 
 def test_values_above_the_threshold_become_references_and_come_back_equal() -> None:
@@ -58,7 +57,7 @@ def test_values_above_the_threshold_become_references_and_come_back_equal() -> N
 
 def test_the_threshold_is_exclusive() -> None:
     at, above = b"a" * 100, b"b" * 101
-    stored, blobs = offload_binaries({"x": at, "y": above}, threshold=100)
+    stored, blobs = encode_value({"x": at, "y": above}, "message", 100)
     assert stored["x"] is at
     assert [data for _, data in blobs] == [above]
 
@@ -72,26 +71,26 @@ def test_bytearray_and_subtype_zero_binary_are_offloaded_as_bytes() -> None:
 
 def test_a_message_without_large_values_is_not_copied() -> None:
     message = {"role": "user", "content": [{"text": "hi"}, _image(b"small")]}
-    stored, blobs = offload_binaries(message, threshold=1024)
+    stored, blobs = encode_value(message, "message", 1024)
     assert stored is message and blobs == []
 
 
 def test_other_binary_subtypes_are_left_alone() -> None:
     value = Binary(b"u" * 64, 5)  # MD5 subtype: not plain bytes, stored as given
-    stored, blobs = offload_binaries({"v": value}, threshold=10)
+    stored, blobs = encode_value({"v": value}, "message", 10)
     assert stored["v"] is value and blobs == []
 
 
 def test_the_reserved_subtype_is_refused_in_user_content() -> None:
     with pytest.raises(SessionValidationError) as error:
-        offload_binaries({"content": [{"x": Binary(b"forged", REFERENCE_SUBTYPE)}]}, threshold=10)
+        encode_value({"content": [{"x": Binary(b"forged", REFERENCE_SUBTYPE)}]}, "message", 10)
     assert error.value.field == "message"
     assert "reserved" in str(error.value)
 
 
 def test_a_reference_encodes_id_length_and_digest() -> None:
     data = b"z" * 5000
-    ((ref, _),) = offload_binaries({"v": data}, threshold=10)[1]
+    ((ref, _),) = encode_value({"v": data}, "message", 10)[1]
     again = BlobRef.from_binary(ref.to_binary())
     assert again == ref
     assert ref.length == 5000 and ref.sha256 == hashlib.sha256(data).digest()
@@ -101,7 +100,7 @@ def test_a_reference_encodes_id_length_and_digest() -> None:
 
 def test_large_values_are_split_into_chunks_and_reassembled() -> None:
     data = bytes(range(256)) * ((2 * CHUNK_BYTES + 12345) // 256 + 1)
-    ((ref, _),) = offload_binaries({"v": data}, threshold=10)[1]
+    ((ref, _),) = encode_value({"v": data}, "message", 10)[1]
     documents = chunk_documents("s", ref, data, expire_at=None)
 
     assert ref.chunk_count == 3 and [doc["_id"] for doc in documents] == ref.chunk_ids()
@@ -113,7 +112,7 @@ def test_large_values_are_split_into_chunks_and_reassembled() -> None:
 
 def test_a_missing_or_altered_chunk_is_an_error_never_wrong_bytes() -> None:
     data = b"q" * (CHUNK_BYTES + 10)
-    ((ref, _),) = offload_binaries({"v": data}, threshold=10)[1]
+    ((ref, _),) = encode_value({"v": data}, "message", 10)[1]
     chunks = {doc["_id"]["n"]: doc["data"] for doc in chunk_documents("s", ref, data, None)}
 
     with pytest.raises(SessionStorageError, match="missing chunk"):
