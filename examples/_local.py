@@ -9,7 +9,7 @@
 * Model: ``STRANDS_MODEL=bedrock`` (or AWS credentials in the environment) uses Strands' default
   Bedrock model, or the Bedrock model named by ``STRANDS_MODEL_ID``; ``STRANDS_MODEL=offline`` (the
   default without AWS credentials) an offline demo model that says so. It answers arithmetic through
-  the ``calculator`` tool, keeps notes through the ``manage_metadata`` tool ("my name is ...",
+  the ``calculator`` tool of ``strands-agents-tools``, keeps notes through the ``manage_metadata`` tool ("my name is ...",
   "remember that my ... is ...", "what do you know about me?", "forget my ..."), and otherwise
   reflects what it was told. Persistence is always real.
 
@@ -18,22 +18,21 @@ Nothing here is needed in your own code: it only stands in for your MongoDB and 
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
 import json
-import operator
+import logging
 import os
 import re
 import signal
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
-from strands import tool
 from strands.models.model import Model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -186,45 +185,11 @@ def describe_model() -> str:
     return "offline demo model (no cloud account needed; STRANDS_MODEL=bedrock for a real one)"
 
 
-_OPERATORS: dict[type, Any] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
-    ast.Mod: operator.mod,
-    ast.FloorDiv: operator.floordiv,
-    ast.USub: operator.neg,
-    ast.UAdd: operator.pos,
-}
-
-
-def evaluate(expression: str) -> float | int:
-    """Evaluate plain arithmetic safely (numbers, + - * / // % ** and parentheses only)."""
-
-    def walk(node: ast.AST) -> Any:
-        if isinstance(node, ast.Expression):
-            return walk(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return node.value
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](walk(node.left), walk(node.right))
-        if isinstance(node, ast.UnaryOp) and type(node.op) in _OPERATORS:
-            return _OPERATORS[type(node.op)](walk(node.operand))
-        raise ValueError(f"not plain arithmetic: {expression!r}")
-
-    return walk(ast.parse(expression, mode="eval"))  # type: ignore[no-any-return]
-
-
-@tool
-def calculator(expression: str) -> str:
-    """Evaluate an arithmetic expression such as "(17 + 25) * 2".
-
-    Args:
-        expression: The arithmetic expression to evaluate.
-    """
-    result = evaluate(expression)
-    return str(int(result) if isinstance(result, float) and result.is_integer() else result)
+# strands-agents-tools 0.8 deprecates its calculator (in favour of a shell tool, a very different
+# security boundary) and says so at every call, as a DeprecationWarning and a WARNING log. The
+# examples use it as the reference design does; keep their output to what they are about.
+warnings.filterwarnings("ignore", message="calculator is deprecated", category=DeprecationWarning)
+logging.getLogger("strands_tools.calculator").setLevel(logging.ERROR)
 
 
 _ARITHMETIC = re.compile(r"[\d(][\d\s.()+\-*/%]*[\d)]")
@@ -354,7 +319,7 @@ def _report(messages: list[Any], result: dict[str, Any]) -> str:
         "tool",
     )
     if name == "calculator":
-        return f"The calculator says: {text}."
+        return f"The calculator says: {text.removeprefix('Result: ')}."
     if name != "manage_metadata":
         return f"The {name} tool says: {text}."
     try:

@@ -18,7 +18,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _local import (
-    calculator,
     database_name,
     demo_model,
     describe_database,
@@ -28,6 +27,7 @@ from _local import (
     text_of,
 )
 from strands import Agent
+from strands_tools import calculator
 
 from mongodb_session_manager import MongoDBSessionManager
 

@@ -33,8 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _local import OfflineDemoModel, calculator, demo_model, describe_database, mongodb_uri
+from _local import OfflineDemoModel, demo_model, describe_database, mongodb_uri
 from strands import Agent
+from strands_tools import calculator
 
 from mongodb_session_manager import MongoDBSessionManager
 from mongodb_session_manager.hooks import FeedbackSNSHook, MetadataSQSHook, compose_hooks

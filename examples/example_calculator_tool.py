@@ -21,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _local import (
-    calculator,
     database_name,
     demo_model,
     mongodb_uri,
@@ -31,6 +30,7 @@ from _local import (
     text_of,
 )
 from strands import Agent
+from strands_tools import calculator
 
 from mongodb_session_manager import MongoDBSessionManager, create_mongodb_session_manager
 

@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import httpx
 import uvicorn
-from _local import calculator, database_name, demo_model, mongodb_uri, print_setup, serve_in_thread
+from _local import database_name, demo_model, mongodb_uri, print_setup, serve_in_thread
 from fastapi import APIRouter, FastAPI, Header, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
@@ -56,6 +56,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, StringConstraints
 from strands import Agent
 from strands.agent import AgentResult
+from strands_tools import calculator
 
 from mongodb_session_manager import (
     MongoDBConnectionPool,

@@ -26,8 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _local import calculator, database_name, demo_model, mongodb_uri, print_setup
+from _local import database_name, demo_model, mongodb_uri, print_setup
 from strands import Agent
+from strands_tools import calculator
 
 from mongodb_session_manager import MongoDBSessionManager, SessionValidationError
 

@@ -24,9 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _local import calculator, database_name, demo_model, mongodb_uri, print_messages, print_metrics, print_setup
+from _local import database_name, demo_model, mongodb_uri, print_messages, print_metrics, print_setup
 from strands import Agent
 from strands.agent import AgentResult
+from strands_tools import calculator
 
 from mongodb_session_manager import MongoDBSessionManager, create_mongodb_session_manager
 

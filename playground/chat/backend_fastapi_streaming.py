@@ -42,6 +42,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from strands import Agent
 from strands.models.model import Model
+from strands_tools import calculator
 
 from mongodb_session_manager import (
     MongoDBSessionManager,
@@ -56,7 +57,7 @@ from mongodb_session_manager.mongodb_session_repository import DEFAULT_COLLECTIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
 
-from _local import calculator, demo_model, describe_database, describe_model, mongodb_uri
+from _local import demo_model, describe_database, describe_model, mongodb_uri
 
 logger = logging.getLogger(__name__)
 
