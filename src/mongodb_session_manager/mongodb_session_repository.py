@@ -80,7 +80,12 @@ from .errors import (
     SessionTooLargeError,
     SessionValidationError,
 )
-from .mongodb_connection_pool import MongoDBConnectionPool, SharedClientLease, acquire_shared_client
+from .mongodb_connection_pool import (
+    MongoDBConnectionPool,
+    SharedClientLease,
+    acquire_shared_client,
+    describe_failure,
+)
 
 if TYPE_CHECKING:
     from strands.multiagent.base import MultiAgentBase
@@ -323,7 +328,7 @@ class MongoDBSessionRepository(SessionRepository):
             if key in _indexed_collections:
                 self._expiry = _indexed_collections[key]
                 return
-            with self._errors("-", "create indexes"):
+            with self._errors(None, "create indexes"):
                 self.collection.create_index([("created_date", ASCENDING)], name="created_date_1")
                 self._expiry = _ExpiryView(self._ensure_activity_index())
             _indexed_collections[key] = self._expiry
@@ -405,7 +410,7 @@ class MongoDBSessionRepository(SessionRepository):
         with _index_lock:
             if key in _overflow_indexed:
                 return
-            with self._errors("-", "create overflow indexes"):
+            with self._errors(None, "create overflow indexes"):
                 self.overflow.create_index([("session_id", ASCENDING)], name="session_id_1")
                 self.overflow.create_index([("expire_at", ASCENDING)], name="expire_at_1", expireAfterSeconds=0)
             _overflow_indexed.add(key)
@@ -413,14 +418,16 @@ class MongoDBSessionRepository(SessionRepository):
     # ------------------------------------------------------------------ errors
 
     @contextlib.contextmanager
-    def _errors(self, session_id: str, operation: str, field: str = "value", payload: Any = None) -> Iterator[None]:
+    def _errors(
+        self, session_id: str | None, operation: str, field: str = "value", payload: Any = None
+    ) -> Iterator[None]:
         """Translate driver exceptions into ours, chained with ``from``."""
         try:
             yield
         except MongoDBSessionError:
             raise
         except DocumentTooLarge as e:  # a subclass of InvalidDocument: test it first
-            raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
+            raise SessionTooLargeError(session_id or "-", _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
         except (InvalidDocument, InvalidStringData, OverflowError, ValueError, RecursionError) as e:
             # ValueError: text that is not valid UTF-8 (lone surrogates), a uuid.UUID without a
             # configured representation, and other values bson refuses. RecursionError: nesting the
@@ -428,10 +435,19 @@ class MongoDBSessionRepository(SessionRepository):
             raise SessionValidationError(field, f"cannot be stored in MongoDB ({operation}): {e}") from e
         except OperationFailure as e:
             if e.code in _TOO_LARGE_CODES:
-                raise SessionTooLargeError(session_id, _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
-            raise SessionStorageError(f"session_id=<{session_id}> | {operation} failed: {e}") from e
+                raise SessionTooLargeError(session_id or "-", _bson_size(payload), MAX_DOCUMENT_SIZE, operation) from e
+            raise SessionStorageError(self._failure(session_id, operation, e)) from e
         except PyMongoError as e:
-            raise SessionStorageError(f"session_id=<{session_id}> | {operation} failed: {e}") from e
+            raise SessionStorageError(self._failure(session_id, operation, e)) from e
+
+    def _failure(self, session_id: str | None, operation: str, error: PyMongoError) -> str:
+        """The message of a storage error: a readable line when the server could not be reached or
+        refused us, otherwise what failed and pymongo's reason."""
+        where = f"session_id=<{session_id}> | " if session_id else ""
+        readable = describe_failure(self._client, error)
+        if readable is not None:
+            return where + readable
+        return f"{where}{operation} failed: {error}"
 
     # ------------------------------------------------------------------ storage outside the document
 
@@ -2114,7 +2130,7 @@ class MongoDBSessionRepository(SessionRepository):
             "updated_date": 1,
             "metadata": 1,
         }
-        with self._errors("-", "list sessions"):
+        with self._errors(None, "list sessions"):
             documents = list(self.collection.find(query, projection).sort("_id", ASCENDING).limit(limit))
         return [
             {

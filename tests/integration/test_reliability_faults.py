@@ -186,6 +186,9 @@ def _fails_with_storage_error(call: Callable[[], object]) -> tuple[SessionStorag
     assert elapsed < HANG_GUARD_SECONDS, "a call against a stopped server hung"
     assert isinstance(raised.value.__cause__, PyMongoError)
     _assert_no_password(raised.value)
+    # One line a person reads; pymongo's detail (timeouts, topology) stays in the chained cause.
+    message = str(raised.value)
+    assert "\n" not in message and "Topology Description" not in message and "session_id=<->" not in message
     return raised.value, elapsed
 
 
@@ -235,7 +238,10 @@ def test_server_stopped_mid_conversation_fails_fast_then_the_same_manager_and_po
             lambda: new_manager("talk", uri, db, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS),
         ]
         with ThreadPoolExecutor(len(calls)) as pool:
-            list(pool.map(_fails_with_storage_error, calls))
+            failures = [error for error, _ in pool.map(_fails_with_storage_error, calls)]
+        where = f"{server.host}:{server.port}"
+        for failure in failures[1:]:  # the agent's own failure reaches us through Strands
+            assert str(failure).startswith(f"session_id=<talk> | cannot reach MongoDB at {where} (waited 1.5 s): ")
     finally:
         server.start()
 
@@ -313,9 +319,10 @@ def test_a_frozen_server_fails_a_turn_within_the_timeout_and_the_same_agent_goes
     assert pid is not None
     os.kill(pid, signal.SIGSTOP)  # the pooled connection stays open: the append is sent, never answered
     try:
-        _fails_with_storage_error(lambda: agent("asked while the server is frozen"))
+        error, _ = _fails_with_storage_error(lambda: agent("asked while the server is frozen"))
     finally:
         os.kill(pid, signal.SIGCONT)
+    assert f"MongoDB at {server.host}:{server.port} did not answer within 2 s" in str(error)
 
     agent("asked after it resumed")
 
@@ -553,10 +560,14 @@ def test_wrong_or_missing_credentials_are_storage_errors_that_never_show_the_pas
             "s", connection_string=connection_string, database_name=db, collection_name=uuid.uuid4().hex
         )
 
-    for connection_string, code in ((_uri(server, WRONG_PASSWORD), 18), (server.uri, 13)):
+    for connection_string, code, says in (
+        (_uri(server, WRONG_PASSWORD), 18, "refused the credentials (authentication failed)"),
+        (server.uri, 13, "refused the operation: the user is not authorized for it"),
+    ):
         error, _ = _fails_with_storage_error(open_with(connection_string))
         assert isinstance(error.__cause__, OperationFailure)
         assert error.__cause__.code == code
+        assert str(error).startswith(f"MongoDB at {server.host}:{server.port} {says}")
 
 
 def test_reprs_and_statistics_of_everything_built_from_a_password_uri_hide_it(uri: str, db: str) -> None:

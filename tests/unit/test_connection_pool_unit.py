@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 from pymongo import MongoClient
-from pymongo.errors import InvalidOperation
+from pymongo.errors import InvalidOperation, ServerSelectionTimeoutError
 from pytest_mock import MockerFixture
 
 from mongodb_session_manager import (
     DEFAULT_CLIENT_OPTIONS,
     MongoDBConnectionPool,
+    MongoDBSessionRepository,
     SessionStorageError,
     SessionValidationError,
     __version__,
@@ -550,3 +551,17 @@ def test_lease_hides_password(leases: list[SharedClientLease]) -> None:
     assert lease.redacted_uri == REDACTED_SECRET_URI
     assert PASSWORD not in repr(lease)
     assert PASSWORD not in repr(lease.stats())
+
+
+def test_an_unreachable_server_is_one_readable_line_with_pymongos_detail_chained() -> None:
+    uri = f"mongodb://app:{PASSWORD}@127.0.0.1:1/?directConnection=true&timeoutMS=300"
+    with pytest.raises(SessionStorageError) as raised:
+        MongoDBSessionRepository(uri, database_name="chat")
+    message = str(raised.value)
+    assert message == (
+        "cannot reach MongoDB at 127.0.0.1:1 (waited 0.3 s): connection refused; check that the server is running "
+        "and reachable from here, and the host, port and TLS options of the connection string"
+    )
+    cause = raised.value.__cause__
+    assert isinstance(cause, ServerSelectionTimeoutError) and "Topology Description" in str(cause)
+    assert all(PASSWORD not in "".join(traceback.format_exception(e)) for e in _exception_chain(raised.value))
