@@ -75,6 +75,40 @@
     }
   }
 
+  /** Whether a session view holds an answer (something to rate). */
+  function hasAnswer(view) {
+    return (view.messages || []).some((item) => item.role === "assistant");
+  }
+
+  /**
+   * Fill a tool result's bubble from the backend's view of it: a plain value as text, a few records
+   * as a table, anything else as a collapsed block that opens on a click.
+   */
+  function showResult(bubble, view) {
+    const label = view.label ? view.label + ": " : "";
+    bubble.dataset.view = view.type;
+    if (view.type === "table") {
+      const rows = view.rows.length + (view.rows.length === 1 ? " row" : " rows");
+      bubble.append(el("span", {}, "→ " + (view.label || rows)));
+      const table = el("table", { class: "result", "data-testid": "result-table" });
+      const head = el("tr");
+      for (const column of view.columns) head.append(el("th", {}, column));
+      table.append(head);
+      for (const row of view.rows) {
+        const tr = el("tr");
+        for (const cell of row) tr.append(el("td", {}, cell));
+        table.append(tr);
+      }
+      bubble.append(table);
+    } else if (view.type === "details") {
+      const details = el("details", { "data-testid": "result-details" });
+      details.append(el("summary", {}, "→ " + label + view.summary), el("pre", {}, view.text));
+      bubble.append(details);
+    } else {
+      bubble.textContent = "→ " + label + view.value;
+    }
+  }
+
   class ChatWidget {
     constructor(root) {
       this.root = root;
@@ -90,6 +124,7 @@
       this.send = this.$("send");
       this.stats = this.$("stats-panel");
       this.statsToggle = this.$("stats-toggle");
+      this.feedbackBar = this.$("feedback");
       this.feedbackForm = this.$("feedback-form");
       this.feedbackStatus = this.$("feedback-status");
       this.$("api-hint").textContent = "Backend: " + this.api + " · sessions, metrics and feedback live in MongoDB";
@@ -186,11 +221,17 @@
       this.list.replaceChildren();
       if (!view.messages.length) this.list.append(this.emptyState());
       for (const item of view.messages) {
-        const node = this.addMessage(item.role, item.text);
+        const node = this.addItem(item);
         if (item.turn) this.setCaption(node, item.turn);
       }
+      this.setRateable(hasAnswer(view));
       this.renderStats(view);
       this.scrollDown();
+    }
+
+    /** Feedback is for a conversation that has something to rate: it shows once there is an answer. */
+    setRateable(rateable) {
+      this.feedbackBar.hidden = !rateable;
     }
 
     emptyState() {
@@ -209,6 +250,16 @@
       node.append(el("div", { class: "bubble", "data-testid": "bubble" }, text));
       this.list.append(node);
       this.scrollDown();
+      return node;
+    }
+
+    /** A message, a tool call or a tool result, as the backend describes it. */
+    addItem(item) {
+      if (item.role !== "tool" || item.kind !== "result" || !item.view) return this.addMessage(item.role, item.text);
+      const node = this.addMessage("tool");
+      node.dataset.kind = "result";
+      if (item.status === "error") node.classList.add("failed");
+      showResult(node.querySelector(".bubble"), item.view);
       return node;
     }
 
@@ -264,9 +315,10 @@
             text += data.text;
             bubble.textContent = text.trimStart();
           } else if (name === "tool") {
-            this.list.insertBefore(this.addMessage("tool", data.text), reply);
+            this.list.insertBefore(this.addItem(data), reply);
           } else if (name === "done") {
             this.setCaption(reply, data);
+            this.setRateable(true);
           } else if (name === "error") {
             throw new Error(data.detail);
           }
@@ -293,6 +345,8 @@
         const response = await fetch(this.api + "/sessions/" + encodeURIComponent(this.sessionId));
         if (response.ok) {
           this.view = await response.json();
+          if (this.view.session_id !== this.sessionId) return; // a new chat started meanwhile
+          this.setRateable(hasAnswer(this.view));
           this.renderStats(this.view);
         }
       } catch (error) {
@@ -317,8 +371,10 @@
       const about = el("dl");
       const meta = view.metadata || {};
       const rows = [["id", view.session_id || "-"]];
+      if (view.title) rows.push(["title", view.title]);
       if (view.created_at) rows.push(["created", new Date(view.created_at).toLocaleString()]);
       for (const [key, value] of rows) about.append(el("dt", {}, key), el("dd", {}, value));
+      about.dataset.testid = "session-about";
       s.append(about);
 
       s.append(el("h2", {}, "Totals"));
@@ -361,7 +417,7 @@
         s.append(el("p", { class: "none" }, "No turns yet."));
       }
 
-      s.append(el("h2", {}, "Metadata"));
+      s.append(el("h2", {}, "What the agent knows"));
       const keys = Object.keys(meta);
       if (keys.length) {
         const dl = el("dl", { "data-testid": "metadata" });

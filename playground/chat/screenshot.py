@@ -1,5 +1,8 @@
 """Regenerate ``docs/playground.png``: the playground mid-conversation, a reply still streaming.
 
+Three finished turns show the three tool results a user meets first: a fact noted, a calculator
+value, and what the agent knows as a small table.
+
 Runs the backend and the static page on free ports (storage: ``MONGODB_URI`` or the embedded local
 server, in a throwaway database that is dropped afterwards), drives Debian's Chromium with
 Playwright for Python, and saves the screenshot. Chromium is installed with apt-get if missing.
@@ -26,8 +29,9 @@ from backend_fastapi_streaming import create_app
 
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "playground.png"
 PROMPTS = [
-    "Hi! My name is Ada and I'm planning a team dinner for 14 people.",
+    "Hi! My name is Ada and my city is Lisbon.",
     "We're adding 3 tables of 6. How many seats is 14 + 3 * 6?",
+    "What do you know about me?",
 ]
 STREAMING_PROMPT = "Great, thanks! We would like a vegetarian menu, please."
 
@@ -63,7 +67,7 @@ def main() -> None:
                 while len(reply.inner_text()) < 45 and time.monotonic() < deadline:
                     time.sleep(0.05)
                 output.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(output))
+                page.screenshot(path=str(output), animations="disabled")  # the cursor shows, not its blink
                 page.get_by_test_id("caption").nth(len(PROMPTS)).wait_for(timeout=30_000)
                 browser.close()
         finally:
