@@ -26,6 +26,7 @@ install:
 test: install
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
+	$(UV) run mypy src
 	$(WITH_SERVER) python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -28,12 +28,26 @@ from typing import Any
 
 from bson.binary import Binary
 from bson.dbref import DBRef
+from bson.errors import InvalidDocument, InvalidStringData
 from bson.objectid import ObjectId
 
-from ._overflow import REFERENCE_SUBTYPE, BlobRef, is_reference
-from .errors import SessionValidationError
+from ._overflow import REFERENCE_SUBTYPE, BlobRef, entry_size, is_reference
+from .errors import MAX_DOCUMENT_SIZE, SessionTooLargeError, SessionValidationError
 
-__all__ = ["ESCAPE_KEY", "MAX_NESTING", "decode_value", "encode_value", "same_message"]
+__all__ = [
+    "ESCAPE_KEY",
+    "MAX_MESSAGE_BYTES",
+    "MAX_NESTING",
+    "decode_value",
+    "encode_entry",
+    "encode_value",
+    "same_message",
+]
+
+#: Largest stored message entry (after binaries moved out): what fits in a document with room to spare.
+MAX_MESSAGE_BYTES = MAX_DOCUMENT_SIZE - 16 * 1024
+# Fields of a message entry stored as they are (ids and Strands' timestamps).
+_PLAIN_ENTRY_FIELDS = frozenset({"message_id", "created_at", "updated_at"})
 
 #: Key of an escaped object: ``{ESCAPE_KEY: [[key, value], ...]}``.
 ESCAPE_KEY = "$msm:object"
@@ -93,6 +107,40 @@ def encode_value(
         return item
 
     return walk(value, 0), blobs
+
+
+def encode_entry(
+    session_id: str, entry: dict[str, Any], offload_threshold: int, operation: str
+) -> tuple[list[tuple[BlobRef, bytes]], int]:
+    """Encode a message entry's values for storage (in place), large binaries moved out, and check
+    that what is left fits in a document.
+
+    Returns:
+        The values moved out, and the entry's encoded size without them.
+
+    Raises:
+        SessionValidationError: A value cannot be stored.
+        SessionTooLargeError: The message alone, binaries aside, is too large for a document.
+    """
+    blobs: list[tuple[BlobRef, bytes]] = []
+    for name, value in list(entry.items()):
+        if name in ("message", "redact_message"):
+            entry[name], found = encode_value(value, "session_message", offload_threshold)
+            blobs.extend(found)
+        elif name not in _PLAIN_ENTRY_FIELDS:
+            entry[name], _ = encode_value(value, "session_message")
+    if blobs:
+        # The references again, beside the message: what to delete when it is replaced.
+        entry["blobs"] = [ref.to_binary() for ref, _ in blobs]
+    try:
+        size = entry_size(entry)
+    except (InvalidDocument, InvalidStringData, OverflowError, ValueError, RecursionError) as e:
+        raise SessionValidationError("session_message", f"cannot be stored in MongoDB ({operation}): {e}") from e
+    if size > MAX_MESSAGE_BYTES:
+        raise SessionTooLargeError(
+            session_id, size, MAX_DOCUMENT_SIZE, f"{operation}: one message, after its binaries moved out"
+        )
+    return blobs, size
 
 
 def decode_value(value: Any, lookup: Callable[[BlobRef], bytes] | None = None) -> Any:

@@ -1,6 +1,7 @@
-"""Pure functions that turn Strands session objects into MongoDB documents and back.
+"""Pure functions that turn Strands session objects into MongoDB documents and back (encoding).
 
-No I/O here: everything is tested without a server.
+No I/O here: everything is tested without a server. Checking input is :mod:`._validation`'s job;
+encoding values (escapes, nesting, binaries) is :mod:`._codec`'s.
 
 Layout of one session document (``_id`` is the session id)::
 
@@ -45,15 +46,54 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import bson
-from bson.errors import InvalidDocument, InvalidStringData
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
 
 from ._codec import decode_value, encode_value
-from .errors import SessionStorageError, SessionValidationError
+from ._validation import (  # re-exported: validation used to live here
+    MAX_FEEDBACK_COMMENT_LENGTH,
+    MAX_ID_LENGTH,
+    MAX_METADATA_KEY_LENGTH,
+    ensure_encodable,
+    validate_feedback,
+    validate_id,
+    validate_message_id,
+    validate_metadata,
+    validate_metadata_key,
+    validate_metadata_keys,
+)
+from .errors import SessionNotFoundError, SessionStorageError, SessionValidationError
 
-#: Longest session or agent id accepted, in characters.
-MAX_ID_LENGTH = 1024
+__all__ = [
+    "AGENT_FIELDS",
+    "MAX_FEEDBACK_COMMENT_LENGTH",
+    "MAX_ID_LENGTH",
+    "MAX_METADATA_KEY_LENGTH",
+    "MESSAGE_FIELDS",
+    "SESSION_FIELDS",
+    "agent_to_fields",
+    "aware",
+    "aware_all",
+    "decode_field_name",
+    "dig",
+    "document_to_agent",
+    "document_to_session",
+    "encode_field_name",
+    "ensure_encodable",
+    "entry_to_message",
+    "iso_now",
+    "message_to_entry",
+    "missing_agent",
+    "parse_iso",
+    "session_missing",
+    "session_to_document",
+    "utc_now",
+    "validate_feedback",
+    "validate_id",
+    "validate_message_id",
+    "validate_metadata",
+    "validate_metadata_key",
+    "validate_metadata_keys",
+]
 
 AGENT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SessionAgent))
 MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SessionMessage))
@@ -64,54 +104,6 @@ SESSION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Sessi
 _FIELD_UNSAFE = re.compile(r"[%.$]")
 _FIELD_ESCAPE = re.compile(r"%(25|2E|24)")
 _UNESCAPE = {"25": "%", "2E": ".", "24": "$"}
-
-
-def validate_id(value: Any, field: str) -> str:
-    """Check a session, agent or multi-agent id and return it.
-
-    Strands' own rule is kept (no path separators), plus what MongoDB needs: a non-empty string
-    without NUL characters, of bounded length. Dots, dollars, spaces and any other unicode are fine.
-
-    Args:
-        value: The id to check.
-        field: Argument name for the error message (``session_id``, ``agent_id``, ...).
-
-    Returns:
-        The id, unchanged.
-
-    Raises:
-        SessionValidationError: The id is not acceptable.
-    """
-    if not isinstance(value, str):
-        raise SessionValidationError(field, f"must be a string, got {type(value).__name__}")
-    if not value:
-        raise SessionValidationError(field, "must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise SessionValidationError(field, f"must be at most {MAX_ID_LENGTH} characters, got {len(value)}")
-    if "\x00" in value:
-        raise SessionValidationError(field, "id cannot contain NUL characters", value.replace("\x00", "\\x00"))
-    if not _is_utf8(value):
-        raise SessionValidationError(field, "id must be valid UTF-8 text (no lone surrogates)", ascii(value))
-    if "/" in value or "\\" in value:
-        raise SessionValidationError(field, "id cannot contain path separators", value)
-    return value
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def validate_message_id(value: Any) -> int:
-    """Check a message id: a non-negative ``int`` (``bool`` is refused)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise SessionValidationError("message_id", "message id must be an integer", value)
-    if value < 0:
-        raise SessionValidationError("message_id", "message id must not be negative", value)
-    return value
 
 
 def encode_field_name(identifier: str) -> str:
@@ -222,98 +214,39 @@ def entry_to_message(entry: Any, session_id: str, agent_id: str, expected_id: in
     return SessionMessage(**{name: entry[name] for name in MESSAGE_FIELDS if name in entry})
 
 
-#: Longest metadata key, in characters.
-MAX_METADATA_KEY_LENGTH = 256
-#: Longest feedback comment, in characters.
-MAX_FEEDBACK_COMMENT_LENGTH = 20_000
-FEEDBACK_RATINGS: tuple[str | None, ...] = ("up", "down", None)
-_FEEDBACK_KEYS = frozenset({"rating", "comment"})
+def dig(document: dict[str, Any] | None, path: str) -> Any:
+    """Follow a dotted path of (already encoded) field names into a document; ``None`` if absent."""
+    current: Any = document
+    for part in path.split("."):
+        if not isinstance(current, dict):
+            return None
+        current = current.get(part)
+    return current
 
 
-def validate_metadata_key(key: Any) -> str:
-    """Check one metadata key: a non-empty string that cannot become a path or an operator.
-
-    Raises:
-        SessionValidationError: The key is refused (non-string, empty, starts with ``$``, contains
-            ``.`` or NUL, or is too long).
-    """
-    if not isinstance(key, str):
-        raise SessionValidationError("metadata key", f"must be a string, got {type(key).__name__}", repr(key))
-    if not key:
-        raise SessionValidationError("metadata key", "must not be empty")
-    if key.startswith("$"):
-        raise SessionValidationError("metadata key", "must not start with '$'", key)
-    if "." in key:
-        raise SessionValidationError("metadata key", "must not contain '.'", key)
-    if "\x00" in key:
-        raise SessionValidationError("metadata key", "must not contain NUL characters", key.replace("\x00", "\\x00"))
-    if not _is_utf8(key):
-        raise SessionValidationError("metadata key", "must be valid UTF-8 text (no lone surrogates)", ascii(key))
-    if len(key) > MAX_METADATA_KEY_LENGTH:
-        raise SessionValidationError("metadata key", f"must be at most {MAX_METADATA_KEY_LENGTH} characters", key)
-    return key
+def session_missing(session_id: str) -> SessionNotFoundError:
+    """The one "session does not exist" error."""
+    return SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
 
 
-def validate_metadata(metadata: Any) -> dict[str, Any]:
-    """Check a metadata update: a dict with valid keys and BSON-encodable values.
-
-    Returns:
-        What to store: the same keys, each value through the codec (see
-        :mod:`mongodb_session_manager._codec`).
-
-    Raises:
-        SessionValidationError: Naming the offending key.
-    """
-    if not isinstance(metadata, dict):
-        raise SessionValidationError("metadata", f"must be a dict, got {type(metadata).__name__}")
-    stored = {}
-    for key, value in metadata.items():
-        validate_metadata_key(key)
-        stored[key] = ensure_encodable(value, f"metadata[{key!r}]")
-    return stored
+def missing_agent(session_id: str, agent_id: str, document: dict[str, Any] | None) -> SessionNotFoundError:
+    """The not-found error of an agent lookup: whether the session or only the agent is missing."""
+    if document is None:
+        return session_missing(session_id)
+    return SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
 
 
-def validate_metadata_keys(keys: Any) -> list[str]:
-    """Check the key list of a metadata deletion."""
-    if isinstance(keys, str) or not isinstance(keys, list | tuple | set | frozenset):
-        raise SessionValidationError("keys", f"must be a list of metadata keys, got {type(keys).__name__}")
-    return [validate_metadata_key(key) for key in keys]
+def aware(value: Any) -> Any:
+    """BSON dates come back naive (in UTC) unless the client is tz-aware: make them aware."""
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
-def ensure_encodable(value: Any, field: str) -> Any:
-    """Return what to store for ``value`` (through the codec), or raise a clear error if BSON cannot hold it."""
-    stored, _ = encode_value(value, field)
-    try:
-        bson.encode({"v": stored})
-    except (InvalidDocument, InvalidStringData, OverflowError, TypeError, ValueError, RecursionError) as e:
-        raise SessionValidationError(field, f"cannot be stored in MongoDB: {e}") from e
-    return stored
-
-
-def validate_feedback(feedback: Any) -> dict[str, Any]:
-    """Check a feedback entry and return the normalised ``{"rating", "comment"}`` dict.
-
-    ``rating`` is ``"up"``, ``"down"`` or ``None``; ``comment`` a string (default ``""``).
-
-    Raises:
-        SessionValidationError: Unknown keys, an invalid rating or a comment that is not a string
-            or is too long.
-    """
-    if not isinstance(feedback, dict):
-        raise SessionValidationError("feedback", f"must be a dict, got {type(feedback).__name__}")
-    unknown = sorted(str(key) for key in feedback if key not in _FEEDBACK_KEYS)
-    if unknown:
-        raise SessionValidationError("feedback", f"unknown keys {unknown}; allowed: 'rating', 'comment'")
-    rating = feedback.get("rating")
-    if rating not in FEEDBACK_RATINGS or isinstance(rating, bool):
-        raise SessionValidationError("feedback.rating", "must be 'up', 'down' or None", repr(rating))
-    comment = feedback.get("comment", "")
-    if not isinstance(comment, str):
-        raise SessionValidationError("feedback.comment", f"must be a string, got {type(comment).__name__}")
-    if not _is_utf8(comment):
-        raise SessionValidationError("feedback.comment", "must be valid UTF-8 text (no lone surrogates)")
-    if len(comment) > MAX_FEEDBACK_COMMENT_LENGTH:
-        raise SessionValidationError(
-            "feedback.comment", f"must be at most {MAX_FEEDBACK_COMMENT_LENGTH} characters, got {len(comment)}"
-        )
-    return {"rating": rating, "comment": comment}
+def aware_all(value: Any) -> Any:
+    """:func:`aware` applied throughout a decoded document."""
+    if isinstance(value, dict):
+        return {key: aware_all(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [aware_all(item) for item in value]
+    return aware(value)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import bson
@@ -229,3 +229,91 @@ def plan_merges(
             runs.extend((start + first, count) for first, count in split_into_buckets(small, max_bytes) if count > 1)
             start = index + 1
     return runs
+
+
+# ---------------------------------------------------------------------------------------- expiry
+
+
+def expiry_margin(ttl: int) -> float:
+    """Seconds by which overflow documents' expiry leads their session's (a quarter TTL, 1 s to 1 h)."""
+    return float(min(max(ttl / 4, 1.0), 3600.0))
+
+
+def companions_expiry(ttl: int | None, now: datetime) -> datetime | None:
+    """Expiry date for overflow documents written ``now``: they outlive their session by a margin.
+
+    A session expires ``ttl`` after its last write. Its overflow documents carry their own
+    ``expire_at`` (TTL index, ``expireAfterSeconds=0``), set to ``now + ttl + 3 * margin``, and the
+    session records the earliest of them in ``companions_until``. Every write to the session
+    requires ``companions_until >= now + ttl + margin`` (:func:`companions_deadline`, a filter
+    condition that costs nothing while it holds); when it fails they are all pushed forward first.
+    Overflow documents therefore never expire before their session, and linger at most
+    ``3 * margin`` after it. ``None`` when sessions never expire.
+    """
+    if ttl is None:
+        return None
+    return now + timedelta(seconds=ttl + 3 * expiry_margin(ttl))
+
+
+def companions_deadline(ttl: int | None, now: datetime) -> datetime | None:
+    """The earliest ``companions_until`` a write accepts ``now`` (see :func:`companions_expiry`)."""
+    if ttl is None:
+        return None
+    return now + timedelta(seconds=ttl + expiry_margin(ttl))
+
+
+def descriptor_of(descriptors: Any, message_id: int) -> dict[str, Any] | None:
+    """The bucket descriptor whose range holds ``message_id``."""
+    for descriptor in descriptors or []:
+        if descriptor["first"] <= message_id < descriptor["first"] + descriptor["count"]:
+            return dict(descriptor)
+    return None
+
+
+def checked_descriptors(descriptors: Any, session_id: str, agent_id: str) -> list[dict[str, Any]]:
+    """An agent's bucket descriptors, checked: each names a bucket id and a range of message ids.
+
+    Raises:
+        SessionStorageError: They are malformed (the document was damaged or altered).
+    """
+    if descriptors is None:
+        return []
+    well_formed = isinstance(descriptors, list) and all(
+        isinstance(d, dict)
+        and isinstance(d.get("id"), ObjectId)
+        and all(isinstance(d.get(name), int) and not isinstance(d.get(name), bool) for name in ("first", "count"))
+        and d["first"] >= 0
+        and d["count"] > 0
+        for d in descriptors
+    )
+    if not well_formed:
+        raise SessionStorageError(
+            f"session_id=<{session_id}>, agent_id=<{agent_id}> | stored bucket descriptors are malformed"
+        )
+    return list(descriptors)
+
+
+def overflow_key(doc_id: Any) -> Any:
+    """A hashable key for an overflow document's ``_id``: a bucket's ObjectId, or ``(blob id, n)`` for a chunk."""
+    if isinstance(doc_id, dict):
+        return (doc_id.get("b"), doc_id.get("n"))
+    return doc_id
+
+
+def chunk_of(document: Any) -> tuple[tuple[ObjectId, int] | None, bytes | None]:
+    """``((blob id, chunk number), bytes)`` of a chunk document; ``(None, None)`` if it is malformed."""
+    chunk_id = document.get("_id") if isinstance(document, dict) else None
+    data = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(chunk_id, dict) or not isinstance(data, bytes):
+        return None, None
+    blob_id, number = chunk_id.get("b"), chunk_id.get("n")
+    if not isinstance(blob_id, ObjectId) or not isinstance(number, int) or isinstance(number, bool):
+        return None, None
+    return (blob_id, number), data
+
+
+def old_refs(document: dict[str, Any] | None) -> list[BlobRef]:
+    """The references a ``replaced_projection`` read returned."""
+    if not document:
+        return []
+    return [BlobRef.from_binary(value) for refs in document.get("old") or [] for value in refs or []]

@@ -20,23 +20,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from pymongo import MongoClient
+from pymongo import MongoClient, common
 from pymongo.driver_info import DriverInfo
-from pymongo.errors import (
-    ConfigurationError,
-    ConnectionFailure,
-    InvalidURI,
-    NetworkTimeout,
-    OperationFailure,
-    PyMongoError,
-    ServerSelectionTimeoutError,
-)
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
 from pymongo.monitoring import (
     CommandFailedEvent,
     CommandListener,
@@ -58,11 +49,17 @@ from pymongo.uri_parser import parse_uri
 
 from ._secrets import redact_uri, scrub, uri_secrets
 from ._version import __version__
-from .errors import SessionStorageError, SessionValidationError
+from .errors import SessionStorageError, SessionValidationError, describe_failure
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_CLIENT_OPTIONS", "MongoDBConnectionPool", "acquire_shared_client", "describe_failure"]
+__all__ = [
+    "DEFAULT_CLIENT_OPTIONS",
+    "MongoDBConnectionPool",
+    "acquire_shared_client",
+    "describe_failure",  # lives in errors.py; re-exported for code that imported it from here
+    "split_client_options",
+]
 
 #: Defaults suited to stateless servers and AWS Lambda. ``minPoolSize=0`` and ``maxIdleTimeMS`` mean
 #: no connection is held open while idle. ``timeoutMS`` bounds every operation whole (server
@@ -98,86 +95,6 @@ _DEFAULT_REPLACED_BY: dict[str, frozenset[str]] = {
 }
 
 DRIVER_INFO = DriverInfo(name="mongodb-session-manager", version=__version__)
-
-
-# What to check, by what went wrong; said once, at the end of the line.
-_CHECK_REACH = (
-    "check that the server is running and reachable from here, and the host, port and TLS options of the "
-    "connection string"
-)
-_CHECK_CREDENTIALS = "check the user name, password and authSource of the connection string"
-_AUTH_CODES = frozenset({18})  # AuthenticationFailed
-_UNAUTHORIZED_CODES = frozenset({13})  # Unauthorized
-
-
-def describe_failure(client: Any, error: PyMongoError) -> str | None:
-    """One line a person understands for a failure to reach or log in to MongoDB, else ``None``.
-
-    Which hosts, how long we waited, the reason, and what to check; pymongo's own text (with its
-    timeouts and topology description) stays in the chained exception. Host names never carry
-    credentials; nothing else from the connection string is quoted.
-
-    Args:
-        client: The ``MongoClient`` that failed (for its hosts, timeouts and last errors).
-        error: What pymongo raised.
-
-    Returns:
-        The line, or ``None`` when ``error`` is not about reaching or logging in to the server.
-    """
-    if isinstance(error, OperationFailure):
-        hosts = _hosts(client)
-        if error.code in _AUTH_CODES:
-            return f"MongoDB at {hosts} refused the credentials (authentication failed): {_CHECK_CREDENTIALS}"
-        if error.code in _UNAUTHORIZED_CODES:
-            return (
-                f"MongoDB at {hosts} refused the operation: the user is not authorized for it (or no "
-                f"credentials were given): {_CHECK_CREDENTIALS}, and the user's roles"
-            )
-        return None
-    if not isinstance(error, ConnectionFailure):
-        return None
-    waited = _waited(client)
-    reasons = sorted({_reason(sd.error) for sd in _descriptions(client) if sd.error is not None})
-    reason = "; ".join(reasons) if reasons else _reason(error)
-    if isinstance(error, ServerSelectionTimeoutError):
-        return f"cannot reach MongoDB at {_hosts(client)} (waited {waited}): {reason}; {_CHECK_REACH}"
-    if isinstance(error, NetworkTimeout) or "timed out" in str(error):
-        return (
-            f"MongoDB at {_hosts(client)} did not answer within {waited}; the server may be overloaded or "
-            f"unreachable, and the operation may or may not have been applied; {_CHECK_REACH}"
-        )
-    return (
-        f"lost the connection to MongoDB at {_hosts(client)} ({_reason(error)}); the operation may or may not "
-        f"have been applied; {_CHECK_REACH}"
-    )
-
-
-def _descriptions(client: Any) -> list[Any]:
-    try:
-        return list(client.topology_description.server_descriptions().values())
-    except Exception:  # a test double, or a client already closed: the line is only less precise
-        return []
-
-
-def _hosts(client: Any) -> str:
-    addresses = [sd.address for sd in _descriptions(client)]
-    if not addresses:
-        return "the configured host(s)"
-    return ", ".join(f"{host}:{port}" for host, port in addresses)
-
-
-def _waited(client: Any) -> str:
-    options = getattr(client, "options", None)
-    seconds = getattr(options, "timeout", None) or getattr(options, "server_selection_timeout", None)
-    return f"{seconds:g} s" if isinstance(seconds, int | float) else "the configured timeout"
-
-
-def _reason(error: BaseException) -> str:
-    """pymongo's error text without the address prefix, the timeouts and the errno."""
-    text = str(error).split(", Timeout:")[0].split(" (configured timeouts")[0]
-    text = re.sub(r"^[^\s:]+:\d+: ", "", text)
-    text = re.sub(r"^\[Errno -?\d+\] ", "", text)
-    return text[:1].lower() + text[1:] if text else type(error).__name__
 
 
 class _PoolMonitor(CommandListener, ConnectionPoolListener):
@@ -271,6 +188,13 @@ class _PoolMonitor(CommandListener, ConnectionPoolListener):
         with self._lock:
             self._checked_out.discard((event.address, event.connection_id))
             self.counters["connections_checked_out"] = len(self._checked_out)
+
+
+def split_client_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split keyword arguments into ``MongoClient`` options (pymongo's names, any case) and the rest."""
+    client_options = {key: value for key, value in kwargs.items() if key.lower() in common.VALIDATORS}
+    rest = {key: value for key, value in kwargs.items() if key not in client_options}
+    return client_options, rest
 
 
 def _uri_option_names(connection_string: str) -> set[str]:

@@ -24,8 +24,13 @@ from typing import Any
 from pymongo import MongoClient
 
 from .errors import MongoDBSessionError, SessionValidationError
-from .mongodb_connection_pool import MongoDBConnectionPool, SharedClientLease, acquire_shared_client
-from .mongodb_session_manager import MongoDBSessionManager, split_client_options
+from .mongodb_connection_pool import (
+    MongoDBConnectionPool,
+    SharedClientLease,
+    acquire_shared_client,
+    split_client_options,
+)
+from .mongodb_session_manager import MongoDBSessionManager
 from .mongodb_session_repository import (
     DEFAULT_COLLECTION_NAME,
     DEFAULT_DATABASE_NAME,

@@ -16,7 +16,6 @@ All MongoDB access goes through :class:`MongoDBSessionRepository`.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -24,22 +23,23 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pymongo import MongoClient, common
+from pymongo import MongoClient
 from strands import tool
 from strands.hooks import AfterInvocationEvent, BeforeInvocationEvent, HookRegistry
 from strands.session.repository_session_manager import RepositorySessionManager
 from strands.types.content import Message
 from strands.types.session import SessionAgent, SessionMessage
 
+from . import _strands_private as strands_private
 from ._metrics import TurnStart, tool_counts, turn_metrics
 from ._snapshot_reads import SnapshotReads
 from .errors import MongoDBSessionError, SessionStorageError, SessionValidationError
+from .mongodb_connection_pool import split_client_options
 from .mongodb_session_repository import (
     DEFAULT_COLLECTION_NAME,
     DEFAULT_DATABASE_NAME,
     STORAGE_OPTIONS,
     MongoDBSessionRepository,
-    stored_with_message,
 )
 
 if TYPE_CHECKING:
@@ -55,13 +55,6 @@ __all__ = ["FeedbackHook", "MetadataHook", "MongoDBSessionManager", "create_mong
 MetadataHook = Callable[..., Any]
 #: ``hook(original_func, action, session_id, **kwargs)``; ``action`` is ``"add"`` (kwargs ``feedback``).
 FeedbackHook = Callable[..., Any]
-
-
-def split_client_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split keyword arguments into ``MongoClient`` options (pymongo names) and the rest."""
-    client_options = {key: value for key, value in kwargs.items() if key.lower() in common.VALIDATORS}
-    rest = {key: value for key, value in kwargs.items() if key not in client_options}
-    return client_options, rest
 
 
 class MongoDBSessionManager(RepositorySessionManager):
@@ -210,12 +203,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         ):
             return
         # The same record RepositorySessionManager.sync_agent keeps after a successful write.
-        self._last_synced_internal_state[agent.agent_id] = {
-            "state_version": agent.state._get_version(),
-            "interrupt_state_version": agent._interrupt_state._get_version(),
-            "conversation_manager_state": copy.deepcopy(agent.conversation_manager.get_state()),
-            "model_state": copy.deepcopy(agent._model_state),
-        }
+        strands_private.record_synced(self, agent)
 
     # ------------------------------------------------------------------ metrics
 
@@ -237,39 +225,36 @@ class MongoDBSessionManager(RepositorySessionManager):
     def append_message(self, message: Message, agent: LocalAgent, **kwargs: Any) -> None:
         """Append a message; a turn's final assistant message is stored with its ``event_loop_metrics``.
 
-        The metrics travel in the same MongoDB command as the message (no extra write).
+        The metrics travel in the same MongoDB command as the message (no extra write). This is
+        Strands' own ``append_message`` (next id from the latest message, record it, store it),
+        with the metrics passed to the repository.
 
         If an earlier append of this agent failed without telling whether it was applied (a storage
         error: a timeout, a lost connection, a server restart), that message, which the agent kept
         in its history, is sent again first. Appends are idempotent, so it is stored exactly once
-        whichever way the failure went, and the stored history stays the agent's.
+        whichever way the failure went, and the stored history stays the agent's. A message the
+        store refused (too large, unencodable, a conflict) is not recorded, so the next append
+        reuses its id instead of leaving a hole.
         """
         key = str(agent.agent_id)
         self._resend_unsure(key)
         metrics = self._final_message_metrics(message, agent)
         extras = None if metrics is None else {"event_loop_metrics": metrics}
-        # Strands advances its record of the latest message before the write; if the write is
-        # refused (too large, unencodable, conflict) put it back, so the next append reuses the id
-        # instead of leaving a hole that would make every later append a conflict.
-        previous = self._latest_agent_message.get(key)
-        held = len(self._held_records.get(key, []))
+        latest = strands_private.latest_messages(self)
+        previous = latest.get(key)
+        session_message = SessionMessage.from_message(message, previous.message_id + 1 if previous else 0)
+        latest[key] = session_message
         try:
-            if extras is None:
-                super().append_message(message, agent, **kwargs)
-            else:
-                with stored_with_message(message, extras):
-                    super().append_message(message, agent, **kwargs)
+            self.mongodb_repository.create_message(self.session_id, key, session_message, extra_fields=extras)
         except SessionStorageError:
-            attempted = self._latest_agent_message.get(key)
-            if attempted is not None and attempted is not previous:
-                # Maybe stored, maybe not: keep its id and send it again before the next write.
-                self._unsure.setdefault(key, []).append((attempted, extras))
-                self._held_records.setdefault(key, []).append(attempted)
+            # Maybe stored, maybe not: keep its id and send it again before the next write.
+            self._unsure.setdefault(key, []).append((session_message, extras))
+            strands_private.held_records(self).setdefault(key, []).append(session_message)
             raise
         except Exception:
-            self._latest_agent_message[key] = previous
-            del self._held_records.get(key, [])[held:]
+            latest[key] = previous
             raise
+        strands_private.held_records(self).setdefault(key, []).append(session_message)
         if metrics is not None:
             self._metrics_pending.pop(key, None)
 
@@ -278,11 +263,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         unsure = self._unsure.get(key)
         while unsure:
             session_message, extras = unsure[0]
-            if extras is None:
-                self.mongodb_repository.create_message(self.session_id, key, session_message)
-            else:
-                with stored_with_message(session_message.message, extras):
-                    self.mongodb_repository.create_message(self.session_id, key, session_message)
+            self.mongodb_repository.create_message(self.session_id, key, session_message, extra_fields=extras)
             unsure.pop(0)
             logger.debug(
                 "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message of a failed append is stored",
@@ -305,7 +286,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         if any("toolUse" in block for block in message.get("content", [])):
             # The model asked for a tool: the turn goes on. Remember the message in case the turn
             # ends here anyway (interrupt, cancellation); _finish_turn then tags it.
-            latest = self._latest_agent_message.get(key)
+            latest = strands_private.latest_messages(self).get(key)
             self._metrics_pending[key] = latest.message_id + 1 if latest else 0
             return None
         # usage and metrics of this last model call are on the message already, but are added to
@@ -317,7 +298,7 @@ class MongoDBSessionManager(RepositorySessionManager):
         key = str(agent.agent_id)
         turn = self._turns.pop(key, None)
         pending = self._metrics_pending.pop(key, None)
-        latest = self._latest_agent_message.get(key)
+        latest = strands_private.latest_messages(self).get(key)
         if turn is None or pending is None or latest is None or latest.message_id != pending:
             return
         # Rare: the turn ended on an assistant message that asked for a tool. One extra write.
@@ -339,7 +320,7 @@ class MongoDBSessionManager(RepositorySessionManager):
     def _agent_id(self, agent_id: str | None) -> str:
         if agent_id is not None:
             return agent_id
-        known = list(self._latest_agent_message)
+        known = list(strands_private.latest_messages(self))
         if len(known) == 1:
             return known[0]
         if not known:

@@ -398,16 +398,23 @@ def test_a_long_history_keeps_few_descriptors_and_the_document_under_the_thresho
 
 
 class _RacingRepository(MongoDBSessionRepository):
-    """Runs ``interfere`` once, between a move's read of the messages and its commit."""
+    """Runs ``interfere`` once, between a move's read of the messages and its commit (right after it
+    records the unfinished write, before writing the buckets)."""
 
     interfere: Any = None
 
-    def _begin_overflow_write(self, session_id: str, kind: str, docs: list[Any], expire_at: Any, **kwargs: Any) -> Any:
-        op = super()._begin_overflow_write(session_id, kind, docs, expire_at, **kwargs)
-        interfere, self.interfere = self.interfere, None
-        if interfere is not None:
-            interfere()
-        return op
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        begin = self._overflow.begin
+
+        def begin_then_interfere(*args: Any, **kwargs: Any) -> Any:
+            op = begin(*args, **kwargs)
+            interfere, self.interfere = self.interfere, None
+            if interfere is not None:
+                interfere()
+            return op
+
+        self._overflow.begin = begin_then_interfere  # type: ignore[method-assign]
 
 
 def _racing(client: MongoClient[dict[str, Any]], database_name: str) -> _RacingRepository:
@@ -440,7 +447,7 @@ def test_two_moves_racing_move_each_message_once(
     _session(repo, "movers", "a")
     messages = _conversation(repo, "movers", "a", 45)
     racing = _racing(client, database_name)
-    racing.interfere = lambda: repo._move_old_messages("movers")  # another process moves first
+    racing.interfere = lambda: repo._overflow.move_old_messages("movers")  # another process moves first
 
     next_messages = [_message("a", i) for i in range(45, 90)]
     for message in next_messages:
@@ -451,15 +458,22 @@ def test_two_moves_racing_move_each_message_once(
 
 
 class _RacingMerge(MongoDBSessionRepository):
-    """Runs ``interfere`` once, between a merge's read of the buckets and its commit."""
+    """Runs ``interfere`` once, between a merge's read of the buckets and its commit (when it asks the
+    store for the new buckets' expiry)."""
 
     interfere: Any = None
 
-    def _companions_expiry(self, ttl: int | None = None) -> Any:
-        interfere, self.interfere = self.interfere, None
-        if interfere is not None:
-            interfere()
-        return super()._companions_expiry(ttl)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        expiry = self._store.companions_expiry
+
+        def interfere_then_expiry(ttl: int | None = None) -> Any:
+            interfere, self.interfere = self.interfere, None
+            if interfere is not None:
+                interfere()
+            return expiry(ttl)
+
+        self._store.companions_expiry = interfere_then_expiry  # type: ignore[method-assign]
 
 
 def test_a_redaction_during_a_merge_of_buckets_is_not_lost(
@@ -473,9 +487,9 @@ def test_a_redaction_during_a_merge_of_buckets_is_not_lost(
     redacted = SessionMessage(message={"role": "user", "content": [{"text": "redacted mid-merge"}]}, message_id=2)
     racing.interfere = lambda: repo.update_message("merge", "a", redacted)
 
-    racing._merge_buckets("merge", "a")  # loses to the redaction: nothing changes
+    racing._overflow.merge_buckets("merge", "a")  # loses to the redaction: nothing changes
     assert [d["id"] for d in _stored(repo, "merge")["agents"]["a"]["overflow"]] == [d["id"] for d in descriptors_before]
-    racing._merge_buckets("merge", "a")  # merges, keeping the redaction
+    racing._overflow.merge_buckets("merge", "a")  # merges, keeping the redaction
 
     assert len(_stored(repo, "merge")["agents"]["a"]["overflow"]) < len(descriptors_before)
     assert _content(repo.list_messages("merge", "a")) == _content([*messages[:2], redacted, *messages[3:]])

@@ -220,7 +220,7 @@ def test_a_merge_interrupted_at_any_step_loses_nothing_and_a_later_redaction_lea
         before = repo.list_messages(session_id, "a")
         crashing, _ = _crashing(repo, step)
         try:
-            crashing._merge_buckets(session_id, "a")
+            crashing._overflow.merge_buckets(session_id, "a")
             finished = True
         except _Crash:
             finished = False
@@ -329,7 +329,9 @@ def test_a_redaction_racing_a_merge_keeps_its_own_new_image(
     # Right after the redaction rewrites message 2 in its bucket, another process merges buckets
     # (copying the rewritten message) before the redaction has counted its edit.
     redacting.overflow = _Wrapped(  # type: ignore[assignment]
-        redacting.overflow, _Steps(), after={"find_one_and_update": lambda: merging._merge_buckets("race", "a")}
+        redacting.overflow,
+        _Steps(),
+        after={"find_one_and_update": lambda: merging._overflow.merge_buckets("race", "a")},
     )
     descriptors = len(repo.collection.find_one({"_id": "race"})["agents"]["a"]["overflow"])
 

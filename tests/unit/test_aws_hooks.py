@@ -43,10 +43,8 @@ from mongodb_session_manager.hooks import (
     is_feedback_sns_hook_available,
     is_metadata_sqs_hook_available,
 )
-from mongodb_session_manager.hooks._delivery import (
-    DEFAULT_MAX_QUEUE_BYTES,
-    DEFAULT_SEND_TIMEOUT,
-    client_config,
+from mongodb_session_manager.hooks._delivery import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_SEND_TIMEOUT, client_config
+from mongodb_session_manager.hooks._format import (
     describe_error,
     encoded_size,
     is_aws_text,

@@ -39,8 +39,8 @@ from ._base import (
     DEFAULT_SEND_TIMEOUT,
     AWSNotificationHook,
 )
-from ._delivery import (
-    boto3_available,
+from ._delivery import boto3_available
+from ._format import (
     encoded_size,
     is_aws_text,
     message_group_id,
@@ -334,24 +334,8 @@ def _stored_entry(feedback: Any, result: Any) -> dict[str, Any]:
     return entry
 
 
-def create_feedback_sns_hook(
-    topic_arn: str,
-    *,
-    notify_ratings: Collection[Rating] = DEFAULT_NOTIFY_RATINGS,
-    rating_topics: Mapping[Rating, str] | None = None,
-    context: FeedbackContext | None = None,
-    include_comment: bool = True,
-    max_comment_chars: int = 1000,
-    subject_prefix: str = "",
-    sns_client: Any = None,
-    region_name: str | None = None,
-    synchronous: bool = False,
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    send_timeout: float = DEFAULT_SEND_TIMEOUT,
-    exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
-) -> FeedbackSNSHook:
-    """Create a :class:`FeedbackSNSHook` (same arguments), to pass as ``feedback_hook``.
+def create_feedback_sns_hook(topic_arn: str, **options: Any) -> FeedbackSNSHook:
+    """Create a :class:`FeedbackSNSHook`, to pass as ``feedback_hook``; ``options`` are the class's keyword arguments.
 
     Raises:
         AWSHooksUnavailableError: boto3 is not installed (``pip install "mongodb-session-manager[aws]"``)
@@ -365,19 +349,4 @@ def create_feedback_sns_hook(
             manager = MongoDBSessionManager("user-42", connection_string=uri, feedback_hook=hook)
         ```
     """
-    return FeedbackSNSHook(
-        topic_arn,
-        notify_ratings=notify_ratings,
-        rating_topics=rating_topics,
-        context=context,
-        include_comment=include_comment,
-        max_comment_chars=max_comment_chars,
-        subject_prefix=subject_prefix,
-        sns_client=sns_client,
-        region_name=region_name,
-        synchronous=synchronous,
-        max_queue_size=max_queue_size,
-        max_queue_bytes=max_queue_bytes,
-        send_timeout=send_timeout,
-        exit_flush_timeout=exit_flush_timeout,
-    )
+    return FeedbackSNSHook(topic_arn, **options)

@@ -44,8 +44,8 @@ from ._base import (
     DEFAULT_SEND_TIMEOUT,
     AWSNotificationHook,
 )
-from ._delivery import (
-    boto3_available,
+from ._delivery import boto3_available
+from ._format import (
     encoded_size,
     is_aws_text,
     message_group_id,
@@ -254,19 +254,8 @@ class MetadataSQSHook(AWSNotificationHook):
         self._worker.submit(session_id, self.queue_url, send, size=size)
 
 
-def create_metadata_sqs_hook(
-    queue_url: str,
-    metadata_fields: Iterable[str] | None = None,
-    *,
-    sqs_client: Any = None,
-    region_name: str | None = None,
-    synchronous: bool = False,
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    send_timeout: float = DEFAULT_SEND_TIMEOUT,
-    exit_flush_timeout: float = DEFAULT_EXIT_FLUSH_TIMEOUT,
-) -> MetadataSQSHook:
-    """Create a :class:`MetadataSQSHook` (same arguments), to pass as ``metadata_hook``.
+def create_metadata_sqs_hook(queue_url: str, *args: Any, **options: Any) -> MetadataSQSHook:
+    """Create a :class:`MetadataSQSHook`, to pass as ``metadata_hook``; ``args`` and ``options`` are the class's.
 
     Raises:
         AWSHooksUnavailableError: boto3 is not installed (``pip install "mongodb-session-manager[aws]"``)
@@ -283,14 +272,4 @@ def create_metadata_sqs_hook(
             manager = MongoDBSessionManager("user-42", connection_string=uri, metadata_hook=hook)
         ```
     """
-    return MetadataSQSHook(
-        queue_url,
-        metadata_fields,
-        sqs_client=sqs_client,
-        region_name=region_name,
-        synchronous=synchronous,
-        max_queue_size=max_queue_size,
-        max_queue_bytes=max_queue_bytes,
-        send_timeout=send_timeout,
-        exit_flush_timeout=exit_flush_timeout,
-    )
+    return MetadataSQSHook(queue_url, *args, **options)
