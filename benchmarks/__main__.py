@@ -26,6 +26,7 @@ from pymongo import MongoClient
 from ._harness import Traffic, machine_facts
 from ._report import Table, count, ms, ratio
 from ._scenarios import IMAGE_EVERY, LONG_THRESHOLD, WINDOW, Append, Bench, LongRestore, Results, Settings, run_all
+from ._storage import storage_table
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -399,6 +400,8 @@ def build_tables(results: Results) -> list[Table]:
             " MongoDBConnectionPool.get_pool_stats()."
         )
         tables.append(load)
+    if results.unified_storage:
+        tables.append(storage_table(results.unified_storage))
     return tables
 
 

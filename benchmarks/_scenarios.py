@@ -40,6 +40,7 @@ from mongodb_session_manager.mongodb_connection_pool import resolve_client_optio
 from ._files import CountingFileSessionManager, FileIO
 from ._harness import Contestant, Recorder, Timing, Traffic, interleave
 from ._model import ReplyModel
+from ._storage import StorageOp, storage_costs
 
 #: The conversation manager's window in every scenario: what a restore reads.
 WINDOW = 20
@@ -213,6 +214,7 @@ class Results:
     appends: list[Append] = field(default_factory=list)
     offloaded: Offloaded | None = None
     durability: list[Durability] = field(default_factory=list)
+    unified_storage: list[StorageOp] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -931,4 +933,6 @@ def run_all(bench: Bench, progress: Callable[[str], None]) -> Results:
     for threads, sessions in bench.settings.throughput:
         progress(f"throughput, {threads} thread(s) x {sessions} sessions")
         results.throughput.append(throughput(bench, threads, sessions))
+    progress("MongoDBStorage against LocalFileStorage and S3Storage")
+    results.unified_storage = storage_costs(bench)
     return results

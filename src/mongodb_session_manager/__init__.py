@@ -32,6 +32,7 @@ from .mongodb_session_factory import (
 )
 from .mongodb_session_manager import MongoDBSessionManager, create_mongodb_session_manager
 from .mongodb_session_repository import MongoDBSessionRepository
+from .storage import MongoDBStorage, migrate_sessions
 
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
@@ -43,6 +44,7 @@ __all__ = [
     "MongoDBSessionManager",
     "MongoDBSessionManagerFactory",
     "MongoDBSessionRepository",
+    "MongoDBStorage",
     "SessionConflictError",
     "SessionNotFoundError",
     "SessionStorageError",
@@ -58,4 +60,5 @@ __all__ = [
     "initialize_global_factory",
     "is_feedback_sns_hook_available",
     "is_metadata_sqs_hook_available",
+    "migrate_sessions",
 ]
