@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pymongo import ASCENDING, MongoClient
+from pymongo import ASCENDING, IndexModel, MongoClient
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
@@ -90,8 +90,7 @@ def ensure_session_indexes(
         if view is not None:
             return view
         with translated(collection.database.client, None, "create indexes"):
-            collection.create_index([("created_date", ASCENDING)], name="created_date_1")
-            view = ExpiryView(_ensure_activity_index(collection, overflow, ttl, companions_expiry))
+            view = ExpiryView(_ensure_indexes(collection, overflow, ttl, companions_expiry))
         _sessions[key] = view
     logger.debug("database=<%s>, collection=<%s> | indexes ensured", collection.database.name, collection.name)
     return view
@@ -106,8 +105,12 @@ def ensure_overflow_indexes(overflow: Collection[dict[str, Any]]) -> None:
         if key in _overflow:
             return
         with translated(overflow.database.client, None, "create overflow indexes"):
-            overflow.create_index([("session_id", ASCENDING)], name="session_id_1")
-            overflow.create_index([("expire_at", ASCENDING)], name="expire_at_1", expireAfterSeconds=0)
+            overflow.create_indexes(
+                [
+                    IndexModel([("session_id", ASCENDING)], name="session_id_1"),
+                    IndexModel([("expire_at", ASCENDING)], name="expire_at_1", expireAfterSeconds=0),
+                ]
+            )
         _overflow.add(key)
 
 
@@ -117,6 +120,35 @@ def read_activity_ttl(collection: Collection[dict[str, Any]]) -> int | None:
         if dict(spec.get("key", {})) == {"updated_date": 1} and "expireAfterSeconds" in spec:
             return int(spec["expireAfterSeconds"])
     return None
+
+
+def _ensure_indexes(
+    collection: Collection[dict[str, Any]],
+    overflow: Collection[dict[str, Any]],
+    ttl: int | None,
+    companions_expiry: Callable[[int], datetime | None],
+) -> int | None:
+    """Both indexes of a sessions collection in one ``createIndexes`` command (a cold start pays one
+    round trip for them); when the ``updated_date`` index exists with another TTL, the command is
+    refused as a whole and each index is handled on its own.
+
+    Returns:
+        The TTL in force on the collection, in seconds (``None``: sessions never expire).
+    """
+    activity = {} if ttl is None else {"expireAfterSeconds": ttl}
+    try:
+        collection.create_indexes(
+            [
+                IndexModel([("created_date", ASCENDING)], name="created_date_1"),
+                IndexModel([("updated_date", ASCENDING)], name="updated_date_1", **activity),
+            ]
+        )
+        return ttl
+    except OperationFailure as e:
+        if e.code not in _CONFLICTS:
+            raise
+    collection.create_index([("created_date", ASCENDING)], name="created_date_1")
+    return _ensure_activity_index(collection, overflow, ttl, companions_expiry)
 
 
 def _ensure_activity_index(

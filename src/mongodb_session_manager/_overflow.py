@@ -41,6 +41,11 @@ BUCKET_BYTES = 2 * 1024 * 1024
 MERGED_BUCKET_BYTES = 8 * 1024 * 1024
 
 
+#: Messages an agent's conversation manager no longer holds (trimmed) that may stay in the session
+#: document; at this many they move out together, so a move happens once per batch, not per append.
+MOVE_BATCH = 16
+
+
 def max_buckets(threshold: int) -> int:
     """Descriptors an agent may keep before small buckets merge: about 1/16 of the threshold's bytes."""
     return max(16, threshold // 1024)

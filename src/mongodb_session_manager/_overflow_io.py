@@ -247,11 +247,20 @@ class OverflowIO:
 
     # ------------------------------------------------------------------ moves and merges
 
-    def move_old_messages(self, session_id: str, target: int | None = None) -> bool:
+    def move_old_messages(
+        self,
+        session_id: str,
+        target: int | None = None,
+        enough: int | None = None,
+        trimmed: Mapping[str, int] | None = None,
+    ) -> bool:
         """Move the oldest messages out of the session document until it is at ``target`` bytes.
 
         ``target`` defaults to half the overflow threshold, so moves happen once per half-threshold
-        of appends rather than at every append.
+        of appends rather than at every append. Messages an agent's conversation manager no longer
+        holds (before its stored ``conversation_manager_state.removed_message_count``, or
+        ``trimmed[agent key]`` when given) move out with them: a restore never reads them, so the
+        document keeps what agents still work with.
 
         Copy, then commit: the messages are read, written into new bucket documents, and only then
         removed from the session document, by one update that also records the buckets. That
@@ -259,6 +268,10 @@ class OverflowIO:
         the meantime (``overflow_count`` and ``edits`` unchanged) and the move's record is still
         there; otherwise its buckets are deleted and the move is planned again. Appends never
         conflict with it: they add at the end, the move removes from the front.
+
+        Args:
+            enough: Move nothing if the document is at most this size (another writer's move made
+                room meanwhile), trimmed messages aside.
 
         Returns:
             True if the document is now at or below the target (by this move or another writer's).
@@ -276,9 +289,16 @@ class OverflowIO:
             if attempt == 0 and layout.get("overflow_pending"):
                 self.collect_pending(session_id, layout["overflow_pending"])  # leftovers of a crash, if any
             size = int(layout["size"])
-            if size <= target:
-                return True
-            plan = plan_moves({agent["k"]: list(agent["sizes"]) for agent in layout.get("agents") or []}, size - target)
+            agents = layout.get("agents") or []
+            due = _trimmed_due(agents, trimmed)
+            if size <= target or (enough is not None and size <= enough):
+                if not due:
+                    return True
+                plan = due
+            else:
+                plan = plan_moves({agent["k"]: list(agent["sizes"]) for agent in agents}, size - target)
+                for key, count in due.items():
+                    plan[key] = max(plan.get(key, 0), count)
             if not plan:
                 return False
             outcome = self._move(session_id, plan, size, int(layout.get("size_estimate") or 0))
@@ -602,6 +622,21 @@ class OverflowIO:
                 continue
             garbage.append(doc_id)
         return garbage
+
+
+def _trimmed_due(agents: list[dict[str, Any]], trimmed: Mapping[str, int] | None) -> dict[str, int]:
+    """``{agent key: count}`` of resident messages the agents' conversation managers no longer hold."""
+    due: dict[str, int] = {}
+    for agent in agents:
+        key = str(agent.get("k"))
+        before = (trimmed or {}).get(key, agent.get("removed"))
+        moved = agent.get("moved")
+        if isinstance(before, bool) or not isinstance(before, int) or not isinstance(moved, int):
+            continue
+        count = min(before - moved, len(agent.get("sizes") or []))
+        if count > 0:
+            due[key] = count
+    return due
 
 
 def _contiguous(stored: dict[str, Any], first: int, session_id: str) -> list[dict[str, Any]]:

@@ -28,7 +28,12 @@ def counter_is(value: int) -> Any:
     return value if value else {"$exists": False}
 
 
-def guard_conditions(expiry_seconds: int | None, deadline: datetime | None, size_limit: int | None) -> dict[str, Any]:
+def guard_conditions(
+    expiry_seconds: int | None,
+    deadline: datetime | None,
+    size_limit: int | None,
+    moved_at_least: tuple[str, int] | None = None,
+) -> dict[str, Any]:
     """The conditions every session write carries (see :meth:`._store.SessionStore.write`).
 
     Plain fields only: they cost nothing while they hold, and a filter of plain fields is found by
@@ -39,12 +44,16 @@ def guard_conditions(expiry_seconds: int | None, deadline: datetime | None, size
             given their expiry under it (or the session has none).
         deadline: When sessions expire, the earliest expiry the session's overflow documents may have.
         size_limit: For appends, the most the document's size estimate may be.
+        moved_at_least: For appends, ``(agent key, n)``: the agent must have moved at least ``n``
+            messages out (a missing ``overflow_count`` is 0; no condition when ``n`` is 0).
     """
     conditions: dict[str, Any] = {"companions_ttl": {"$in": [None, expiry_seconds]}}
     if deadline is not None:
         conditions["companions_until"] = {"$not": {"$lt": deadline}}
     if size_limit is not None:
         conditions["size_estimate"] = {"$not": {"$gt": size_limit}}
+    if moved_at_least is not None and moved_at_least[1] > 0:
+        conditions[f"agents.{moved_at_least[0]}.overflow_count"] = {"$gte": moved_at_least[1]}
     return conditions
 
 
@@ -78,16 +87,24 @@ def feedback_pipeline(rating: Any, comment: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ reads
 
 
-def storage_state_pipeline(session_id: str) -> list[dict[str, Any]]:
-    """The document's size (``$bsonSize``), size estimate and overflow expiry fields."""
+def storage_state_pipeline(session_id: str, agent_key: str | None = None) -> list[dict[str, Any]]:
+    """The document's size (``$bsonSize``), size estimate and overflow expiry fields (and, with
+    ``agent_key``, how many of that agent's messages moved out: ``moved``)."""
     return [
         {"$match": {"_id": session_id}},
-        {"$project": {**STORAGE_STATE_FIELDS, "size": {"$bsonSize": "$$ROOT"}}},
+        {"$project": {**storage_state_fields(agent_key), "size": {"$bsonSize": "$$ROOT"}}},
     ]
 
 
 #: The fields a failed guarded write reads to find out why (see ``storage_state_pipeline``).
 STORAGE_STATE_FIELDS: dict[str, Any] = {"_id": 0, "size_estimate": 1, "companions_until": 1, "companions_ttl": 1}
+
+
+def storage_state_fields(agent_key: str | None) -> dict[str, Any]:
+    """:data:`STORAGE_STATE_FIELDS`, plus the agent's ``overflow_count`` when ``agent_key`` is given."""
+    if agent_key is None:
+        return dict(STORAGE_STATE_FIELDS)
+    return {**STORAGE_STATE_FIELDS, f"agents.{agent_key}.overflow_count": 1}
 
 
 def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
@@ -106,6 +123,9 @@ def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
                         "as": "agent",
                         "in": {
                             "k": "$$agent.k",
+                            "moved": {"$ifNull": ["$$agent.v.overflow_count", 0]},
+                            # What the agent's conversation manager no longer holds (may move out).
+                            "removed": "$$agent.v.conversation_manager_state.removed_message_count",
                             "sizes": {
                                 "$map": {
                                     "input": {"$ifNull": ["$$agent.v.messages", []]},
@@ -121,9 +141,30 @@ def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def snapshot_pipeline(session_id: str) -> list[dict[str, Any]]:
-    """The session and every agent's state, without messages: what a restore reads first."""
-    agent_fields = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
+def snapshot_pipeline(session_id: str, windows: bool = False) -> list[dict[str, Any]]:
+    """The session and every agent's state (no messages); with ``windows``, each agent's resident
+    window too: what a restore reads.
+
+    The window of an agent is what Strands lists when it restores it: its messages from the
+    stored ``conversation_manager_state.removed_message_count`` (``window_from``) on. It is
+    returned (``window``) only when all of it is resident (``overflow_count`` at most
+    ``window_from``); otherwise ``window`` is null and the restore lists the messages itself.
+    """
+    agent_fields: dict[str, Any] = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
+    removed = "$$agent.v.conversation_manager_state.removed_message_count"
+    window_from = {"$cond": [{"$isNumber": removed}, removed, 0]}
+    moved = {"$ifNull": ["$$agent.v.overflow_count", 0]}
+    resident = {"$ifNull": ["$$agent.v.messages", []]}
+    if windows:
+        agent_fields["message_count"] = {"$ifNull": ["$$agent.v.message_count", 0]}
+        agent_fields["window_from"] = window_from
+        agent_fields["window"] = {
+            "$cond": [
+                {"$lte": [moved, window_from]},
+                {"$slice": [resident, {"$subtract": [window_from, moved]}, {"$max": [1, {"$size": resident}]}]},
+                None,
+            ]
+        }
     return [
         {"$match": {"_id": session_id}},
         {

@@ -23,10 +23,13 @@ class SnapshotReads(SessionRepository):
     """The repository as Strands' ``RepositorySessionManager`` sees it, with restore reads batched.
 
     ``RepositorySessionManager`` reads the session when the manager is built and each agent when it
-    is initialised: three round trips per restore with ``list_messages``. This wrapper reads the
-    session and all agents' state (not their messages) in one command up front and answers the
-    first ``read_session`` and the first ``read_agent`` of each agent from that reply; each answer
-    is served once, so any later read goes to MongoDB. Everything else is passed straight through.
+    is initialised, then lists the agent's messages from its conversation manager's
+    ``removed_message_count``: three round trips per restore. This wrapper reads the session, all
+    agents' state and each agent's window (those messages, when they are all in the session
+    document) in one command up front, and answers the first ``read_session``, the first
+    ``read_agent`` of each agent and its first ``list_messages`` (when asked for exactly that
+    window) from that reply; each answer is served once, so any later read goes to MongoDB.
+    Everything else is passed straight through.
 
     The answers are as fresh as the manager: Strands builds the manager and initialises its agents
     within one request, and message appends stay guarded by the stored message count, so a
@@ -35,11 +38,13 @@ class SnapshotReads(SessionRepository):
 
     def __init__(self, repository: MongoDBSessionRepository, session_id: str) -> None:
         self.repository = repository
-        snapshot = repository.read_session_snapshot(session_id)
+        snapshot = repository.read_restore_snapshot(session_id)
         self._session_id = session_id
         self._session: Session | None = snapshot[0] if snapshot else None
         self._session_served = False
         self._agents: dict[str, SessionAgent] = snapshot[1] if snapshot else {}
+        # Each agent's window (first message_id, messages), served to the restore's list_messages.
+        self._windows: dict[str, tuple[int, list[SessionMessage]]] = snapshot[2] if snapshot else {}
         # What is known to be stored for each agent read, created or updated through this wrapper:
         # the manager compares against it after initialisation, and updates send only what changed.
         self.stored_agents: dict[str, SessionAgent] = {}
@@ -89,17 +94,22 @@ class SnapshotReads(SessionRepository):
             self.stored_agents[session_agent.agent_id] = copy.deepcopy(session_agent)
 
     def create_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
+        self._windows.pop(agent_id, None)
         self.repository.create_message(session_id, agent_id, session_message, **kwargs)
 
     def read_message(self, session_id: str, agent_id: str, message_id: int, **kwargs: Any) -> SessionMessage | None:
         return self.repository.read_message(session_id, agent_id, message_id, **kwargs)
 
     def update_message(self, session_id: str, agent_id: str, session_message: SessionMessage, **kwargs: Any) -> None:
+        self._windows.pop(agent_id, None)
         self.repository.update_message(session_id, agent_id, session_message, **kwargs)
 
     def list_messages(
         self, session_id: str, agent_id: str, limit: int | None = None, offset: int = 0, **kwargs: Any
     ) -> list[SessionMessage]:
+        window = self._windows.pop(agent_id, None) if session_id == self._session_id else None
+        if window is not None and window[0] == offset and limit is None:
+            return window[1]
         return self.repository.list_messages(session_id, agent_id, limit=limit, offset=offset, **kwargs)
 
     def create_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,9 +36,9 @@ from pymongo.collection import Collection
 
 from ._documents import aware, session_missing, utc_now
 from ._indexes import ExpiryView, read_activity_ttl
-from ._overflow import companions_deadline, companions_expiry
-from ._pipelines import STORAGE_STATE_FIELDS, guard_conditions, storage_state_pipeline, with_growth
-from .errors import SessionTooLargeError, translated
+from ._overflow import MOVE_BATCH, companions_deadline, companions_expiry
+from ._pipelines import guard_conditions, storage_state_fields, storage_state_pipeline, with_growth
+from .errors import MAX_DOCUMENT_SIZE, SessionConflictError, SessionTooLargeError, translated
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ ATTEMPTS = 5
 _EXPIRY_RECHECK_SECONDS = 60.0
 
 
+def _moved_at_least(trimmed: tuple[str, int] | None) -> tuple[str, int] | None:
+    """The append's condition for ``Write.trimmed``: fewer than ``MOVE_BATCH`` trimmed messages resident."""
+    if trimmed is None or trimmed[1] < MOVE_BATCH:
+        return None
+    return trimmed[0], trimmed[1] - MOVE_BATCH + 1
+
+
 def encoded_size(value: Any) -> int:
     """What writing ``value`` adds to a document, for the size estimate: its BSON size in a one-field
     wrapper (one encode, which a write whose growth is not known otherwise pays; the append knows its
@@ -77,8 +85,15 @@ def encoded_size(value: Any) -> int:
 class Remedies(Protocol):
     """What the guarded write calls when one of its conditions failed (``_overflow_io.OverflowIO``)."""
 
-    def move_old_messages(self, session_id: str, target: int | None = None) -> bool:
-        """Move old messages out until the document is at ``target`` bytes."""
+    def move_old_messages(
+        self,
+        session_id: str,
+        target: int | None = None,
+        enough: int | None = None,
+        trimmed: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Move old messages out until the document is at ``target`` bytes (none if it is at
+        ``enough`` already), and each agent's messages before ``trimmed[agent key]``."""
         ...
 
     def extend_expiry(self, session_id: str) -> None:
@@ -99,6 +114,9 @@ class Write:
             the caller knows it; otherwise the encoded size of ``payload`` (one encode).
         payload: What the update writes (its size is the growth when ``grows_by`` is not given).
         size_limit: Appends: the most ``size_estimate`` may be; beyond it old messages move first.
+        trimmed: Appends: ``(agent key, n)``: the agent's conversation manager no longer holds its
+            messages before ``n``; once ``MOVE_BATCH`` of them are still in the document, they move
+            out first (in one move, not one per append).
         array_filters: ``array_filters`` of the update.
         returning: A projection of the document to return.
         before: Return the document as it was before the update (else after).
@@ -111,6 +129,7 @@ class Write:
     grows_by: int | None = None
     payload: Any = None
     size_limit: int | None = None
+    trimmed: tuple[str, int] | None = None
     array_filters: list[dict[str, Any]] | None = None
     returning: dict[str, Any] | None = None
     before: bool = False
@@ -124,6 +143,7 @@ class StorageState:
     estimate: int | None
     companions_until: datetime | None
     companions_ttl: Any
+    moved: int = 0  # the appending agent's overflow_count (when the write has ``trimmed``)
 
 
 class SessionStore:
@@ -241,10 +261,11 @@ class SessionStore:
                 grows_by = 0 if write.payload is None else encoded_size(write.payload)
         update = with_growth(write.update, grows_by)
         extended = compacted = False
+        moved_at_least = _moved_at_least(write.trimmed)
         unexplained = 0
         while True:
             limit = None if compacted else write.size_limit
-            conditions = guard_conditions(self.expiry.seconds, self.companions_deadline(), limit)
+            conditions = guard_conditions(self.expiry.seconds, self.companions_deadline(), limit, moved_at_least)
             try:
                 matched, document = self._send(session_id, {**write.query, **conditions}, update, write, grows_by)
             except SessionTooLargeError as e:
@@ -254,10 +275,17 @@ class SessionStore:
                 continue
             if matched:
                 return True, document
-            state = self.state(session_id, measure=write.size_limit is not None and not compacted)
+            agent_key = None if moved_at_least is None else moved_at_least[0]
+            state = self.state(session_id, measure=write.size_limit is not None and not compacted, agent_key=agent_key)
             if state is None:
                 return False, None
-            retry, extended, compacted = self._remedy(session_id, write, state, extended, compacted)
+            if moved_at_least is not None and state.moved < moved_at_least[1]:
+                # The agent's trimmed messages are due to move out (a batch of them): move them, then
+                # append whatever the move achieved (a failed move never fails the append).
+                self._move_trimmed(session_id, moved_at_least[0], (write.trimmed or ("", 0))[1])
+                moved_at_least = None
+                continue
+            retry, extended, compacted = self._remedy(session_id, write, state, extended, compacted, grows_by)
             if not retry:
                 # Our conditions hold now. If the caller's own do too, another writer fixed what
                 # failed in the meantime (moved messages, extended the expiry): try again.
@@ -284,8 +312,14 @@ class SessionStore:
             )
             return document is not None, document
 
+    def _move_trimmed(self, session_id: str, key: str, before: int) -> None:
+        try:
+            self.remedies.move_old_messages(session_id, target=self.threshold // 2, enough=None, trimmed={key: before})
+        except SessionConflictError:
+            logger.debug("session_id=<%s> | trimmed messages not moved: other writers moved first", session_id)
+
     def _remedy(
-        self, session_id: str, write: Write, state: StorageState, extended: bool, compacted: bool
+        self, session_id: str, write: Write, state: StorageState, extended: bool, compacted: bool, grows_by: int
     ) -> tuple[bool, bool, bool]:
         """Fix whichever of our conditions failed. Returns ``(retry, extended, compacted)``."""
         retry = False
@@ -304,28 +338,46 @@ class SessionStore:
             # Close to the limit (the estimate runs a little ahead of the size), moving now saves a
             # correction followed by a move at the next append.
             if state.size > write.size_limit - max(1024, self.threshold // 64):
-                # Make room for what this write adds, and at least down to half the threshold.
-                self.remedies.move_old_messages(session_id, target=max(0, min(write.size_limit, self.threshold // 2)))
+                # Make room for what this write adds, and at least down to half the threshold; none
+                # if another writer's move made room meanwhile.
+                try:
+                    self.remedies.move_old_messages(
+                        session_id,
+                        target=max(0, min(write.size_limit, self.threshold // 2)),
+                        enough=write.size_limit,
+                    )
+                except SessionConflictError:
+                    # Other writers' moves kept winning over ours. The append must not fail for it:
+                    # it goes in above the threshold if the document still holds it under MongoDB's
+                    # limit (the next append moves again).
+                    again = self.state(session_id, measure=True)
+                    if again is None or again.size is None or again.size + grows_by > MAX_DOCUMENT_SIZE:
+                        raise
+                    logger.debug("session_id=<%s> | appending without moving: other writers' moves won", session_id)
             else:
                 self.correct_estimate(session_id, state.size, state.estimate)
             compacted = retry = True  # retried without the size condition: it may not fit below it
         return retry, extended, compacted
 
-    def state(self, session_id: str, measure: bool) -> StorageState | None:
+    def state(self, session_id: str, measure: bool, agent_key: str | None = None) -> StorageState | None:
         """The document's size estimate and overflow expiry; with ``measure``, its size too (one small
-        aggregate; otherwise a find of three fields)."""
+        aggregate; otherwise a find of a few fields); with ``agent_key``, that agent's ``overflow_count``."""
         if measure:
-            documents = self.aggregate(session_id, storage_state_pipeline(session_id), "read session size")
+            pipeline = storage_state_pipeline(session_id, agent_key)
+            documents = self.aggregate(session_id, pipeline, "read session size")
             document = documents[0] if documents else None
         else:
-            document = self.find_one(session_id, {"_id": session_id}, STORAGE_STATE_FIELDS, "read session size")
+            fields = storage_state_fields(agent_key)
+            document = self.find_one(session_id, {"_id": session_id}, fields, "read session size")
         if document is None:
             return None
+        moved = ((document.get("agents") or {}).get(agent_key) or {}).get("overflow_count") if agent_key else 0
         return StorageState(
             int(document["size"]) if measure else None,
             document.get("size_estimate"),
             document.get("companions_until"),
             document.get("companions_ttl"),
+            moved if isinstance(moved, int) else 0,
         )
 
     def correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:

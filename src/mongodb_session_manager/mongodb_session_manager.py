@@ -16,6 +16,7 @@ All MongoDB access goes through :class:`MongoDBSessionRepository`.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -243,9 +244,21 @@ class MongoDBSessionManager(RepositorySessionManager):
         latest = strands_private.latest_messages(self)
         previous = latest.get(key)
         session_message = SessionMessage.from_message(message, previous.message_id + 1 if previous else 0)
+        # The turn's last message carries the conversation manager's state after the trim that
+        # follows it (when that trim is known in advance), so the trim costs no write of its own.
+        after_trim = self._state_after_trim(agent) if metrics is not None else None
+        agent_fields = None if after_trim is None else {"conversation_manager_state": after_trim}
+        trimmed = _removed_count(after_trim) if after_trim is not None else _removed_count(_manager_state(agent))
         latest[key] = session_message
         try:
-            self.mongodb_repository.create_message(self.session_id, key, session_message, extra_fields=extras)
+            self.mongodb_repository.create_message(
+                self.session_id,
+                key,
+                session_message,
+                extra_fields=extras,
+                agent_fields=agent_fields,
+                trimmed_before=trimmed,
+            )
         except SessionStorageError:
             # Maybe stored, maybe not: keep its id and send it again before the next write.
             self._unsure.setdefault(key, []).append((session_message, extras))
@@ -257,6 +270,37 @@ class MongoDBSessionManager(RepositorySessionManager):
         strands_private.held_records(self).setdefault(key, []).append(session_message)
         if metrics is not None:
             self._metrics_pending.pop(key, None)
+        if after_trim is not None:
+            self._reads.stored_agents[key].conversation_manager_state = copy.deepcopy(after_trim)
+
+    def _state_after_trim(self, agent: LocalAgent) -> dict[str, Any] | None:
+        """The conversation manager's state once Strands has applied it after this turn, if it will
+        differ from what is stored and can be known now; else ``None``.
+
+        Only for Strands' own ``SlidingWindowConversationManager`` (a pure function of the messages;
+        others, such as summarising ones, call the model), without pinned messages. The trim is
+        played on a copy of the manager and of the message list. If the real trim differs after
+        all, Strands' own sync writes the real state (one write more, never a wrong state).
+        """
+        from strands.agent.agent import Agent
+        from strands.agent.conversation_manager import SlidingWindowConversationManager
+
+        stored = self._reads.stored_agents.get(str(agent.agent_id))
+        if not isinstance(agent, Agent) or stored is None:
+            return None
+        manager = agent.conversation_manager
+        if type(manager) is not SlidingWindowConversationManager or manager.pin_first:
+            return None
+        trial = copy.copy(manager)
+        try:
+            trial.apply_management(_MessagesOnly(list(agent.messages)))  # type: ignore[arg-type]
+            state = trial.get_state()
+        except Exception:  # the real trim will run (and fail) as Strands does: nothing to predict
+            logger.debug("agent_id=<%s> | the trim after this turn could not be played ahead", agent.agent_id)
+            return None
+        if state == stored.conversation_manager_state:
+            return None
+        return copy.deepcopy(state)
 
     def _resend_unsure(self, key: str) -> None:
         """Send again, in order, the messages of this agent whose append may or may not have happened."""
@@ -440,6 +484,28 @@ class MongoDBSessionManager(RepositorySessionManager):
     ) -> list[dict[str, Any]]:
         """List sessions of this manager's collection; see :meth:`MongoDBSessionRepository.list_sessions`."""
         return self.mongodb_repository.list_sessions(metadata_filter, limit=limit, after=after)
+
+
+class _MessagesOnly:
+    """What ``SlidingWindowConversationManager.apply_management`` reads of an agent: its messages."""
+
+    def __init__(self, messages: list[Message]) -> None:
+        self.messages = messages
+
+
+def _manager_state(agent: LocalAgent) -> dict[str, Any] | None:
+    manager = getattr(agent, "conversation_manager", None)
+    try:
+        state = manager.get_state() if manager is not None else None
+    except Exception:  # a custom manager that cannot report its state: no move policy for it
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _removed_count(state: dict[str, Any] | None) -> int | None:
+    """``removed_message_count`` of a conversation manager's state, when it is a count."""
+    count = (state or {}).get("removed_message_count")
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
 
 
 def _tool_result(status: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -98,9 +98,9 @@ DEFAULT_COLLECTION_NAME = "sessions"
 #: factory accept them too and pass them on.
 STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name")
 #: Binary values larger than this many bytes are stored outside the session document by default.
-DEFAULT_BINARY_OFFLOAD_BYTES = 256 * 1024
+DEFAULT_BINARY_OFFLOAD_BYTES = 64 * 1024
 #: Session document size at which the oldest messages start moving out, by default.
-DEFAULT_OVERFLOW_THRESHOLD_BYTES = 4 * 1024 * 1024
+DEFAULT_OVERFLOW_THRESHOLD_BYTES = 128 * 1024
 # Limits accepted for the two settings above.
 _MIN_OVERFLOW_THRESHOLD = 16 * 1024
 _MAX_OVERFLOW_THRESHOLD = 12 * 1024 * 1024
@@ -122,10 +122,14 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             its document (below) expires with it.
         binary_offload_bytes: Binary values inside messages (images, documents) larger than this
             are stored in the overflow collection and referenced from the message; they come back
-            as the same ``bytes``. Default 256 KiB.
+            as the same ``bytes``. Default 64 KiB (half the default overflow threshold: an image kept
+            in the document would make every append rewrite it).
         overflow_threshold_bytes: When the session document would grow past this size, its oldest
             messages move, in order, into the overflow collection, so no conversation ever meets
-            MongoDB's 16 MB document limit. Default 4 MiB (16 KiB to 12 MiB).
+            MongoDB's 16 MB document limit, and an append never makes the server rewrite a large
+            document (its cost grows with the document). Messages the agent's conversation
+            manager no longer holds move out too, in batches, whatever the size. Default 128 KiB
+            (16 KiB to 12 MiB).
         overflow_collection_name: The companion collection; default ``"<collection_name>_overflow"``.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
@@ -302,22 +306,50 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
     def read_session_snapshot(self, session_id: str) -> tuple[Session, dict[str, SessionAgent]] | None:
         """Read a session and the state of all its agents (no messages, metadata or feedback) in one command.
 
-        ``MongoDBSessionManager`` uses this so that restoring an agent costs two commands (this one,
-        then ``list_messages``) instead of three.
-
         Returns:
             ``(session, {agent_id: agent})``, or ``None`` if the session does not exist.
         """
+        snapshot = self.read_restore_snapshot(session_id, windows=False)
+        return None if snapshot is None else (snapshot[0], snapshot[1])
+
+    def read_restore_snapshot(
+        self, session_id: str, windows: bool = True
+    ) -> tuple[Session, dict[str, SessionAgent], dict[str, tuple[int, list[SessionMessage]]]] | None:
+        """Everything a restore reads, in one command: the session, every agent's state, and each
+        agent's window (the messages its conversation manager still holds, from the stored
+        ``removed_message_count`` on) when all of it is in the session document.
+
+        ``MongoDBSessionManager`` serves Strands' ``read_session``, ``read_agent`` and the restoring
+        ``list_messages`` from it: a restore is one command (two when the window reaches moved
+        messages or holds offloaded binaries).
+
+        Returns:
+            ``(session, {agent_id: agent}, {agent_id: (first message_id, messages)})`` (agents whose
+            window is not all resident are absent from the last), or ``None`` if the session does not
+            exist.
+        """
         validate_id(session_id, "session_id")
-        documents = self._store.aggregate(session_id, snapshot_pipeline(session_id), "read session")
+        pipeline = snapshot_pipeline(session_id, windows=windows)
+        documents = self._store.aggregate(session_id, pipeline, "read session")
         if not documents:
             return None
         document = documents[0]
-        agents = {}
+        agents: dict[str, SessionAgent] = {}
+        resident: dict[str, tuple[int, list[SessionMessage]]] = {}
         for stored in (document.get("agents") or {}).values():
             agent = document_to_agent(stored, session_id)
             agents[agent.agent_id] = agent
-        return document_to_session(document), agents
+            window, first, count = stored.get("window"), stored.get("window_from"), stored.get("message_count")
+            if not isinstance(window, list) or not isinstance(first, int) or not isinstance(count, int):
+                continue
+            if len(window) != max(0, count - first):
+                continue  # not what the counter says: let list_messages read (and report) it
+            entries = self._reader.decode_entries(session_id, window) if window else []
+            resident[agent.agent_id] = (
+                first,
+                [entry_to_message(entry, session_id, agent.agent_id, first + i) for i, entry in enumerate(entries)],
+            )
+        return document_to_session(document), agents, resident
 
     def delete_session(self, session_id: str, **kwargs: Any) -> None:
         """Delete a session with all its agents, messages and multi-agent state.
@@ -437,6 +469,8 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         agent_id: str,
         session_message: SessionMessage,
         extra_fields: Mapping[str, Any] | None = None,
+        agent_fields: Mapping[str, Any] | None = None,
+        trimmed_before: int | None = None,
         **kwargs: Any,
     ) -> None:
         """Append a message to an agent.
@@ -457,6 +491,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             extra_fields: Fields to store beside the message in the same command (the manager's
                 ``event_loop_metrics``); never handed back to Strands. Their names must not be
                 message fields.
+            agent_fields: ``SessionAgent`` fields of the agent to set in the same command
+                (``{"conversation_manager_state": ...}``: the manager saves the state the turn's
+                trim will leave with the turn's last message, instead of in a command of its own);
+                ``updated_at`` moves with them.
+            trimmed_before: The agent's conversation manager no longer holds the messages before
+                this id (its ``removed_message_count``): once ``MOVE_BATCH`` of them are still in the
+                session document, this append moves them out first, all at once.
             **kwargs: Unused; Strands may add arguments.
 
         Raises:
@@ -470,13 +511,18 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(agent_id, "agent_id")
         message_id = validate_message_id(session_message.message_id)
         extras = checked_extra_fields(extra_fields, encode=False)  # encoded with the entry
+        state = _agent_changes(agent_fields)
+        trimmed = None
+        if trimmed_before is not None:
+            trimmed = min(message_id, bounded_int(trimmed_before, "trimmed_before", 0, 2**62, 0))
         for _attempt in range(ATTEMPTS):
             entry = {**message_to_entry(session_message), **extras}
             blobs, size = encode_entry(session_id, entry, self.binary_offload_bytes, "append message")
             op = self._overflow.store_blobs(session_id, blobs)
             try:
                 matched, _ = self._store.write(
-                    session_id, _append(session_id, agent_id, entry, size, op, self.overflow_threshold_bytes)
+                    session_id,
+                    _append(session_id, agent_id, entry, size, op, self.overflow_threshold_bytes, state, trimmed),
                 )
                 stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, entry)
             except (SessionConflictError, SessionNotFoundError, SessionValidationError):
@@ -690,18 +736,52 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         logger.debug("session_id=<%s>, multi_agent_id=<%s> | multi-agent updated", session_id, multi_agent_id)
 
 
-def _append(session_id: str, agent_id: str, entry: dict[str, Any], size: int, op: Any, threshold: int) -> Write:
-    """The append of ``entry`` (``size`` bytes encoded): guarded by the agent's counter, committing ``op``."""
-    path = f"agents.{encode_field_name(agent_id)}"
+def _agent_changes(agent_fields: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
+    """The encoded agent fields an append also sets (see ``create_message``), and their size."""
+    if not agent_fields:
+        return {}, 0
+    if not isinstance(agent_fields, Mapping):
+        raise SessionValidationError("agent_fields", "must be a mapping of SessionAgent field names to values")
+    unknown = set(agent_fields) - set(AGENT_FIELDS) | ({"agent_id", "created_at"} & set(agent_fields))
+    if unknown:
+        raise SessionValidationError("agent_fields", f"not updatable SessionAgent fields: {sorted(map(str, unknown))}")
+    values = {name: encode_value(value, "agent_fields")[0] for name, value in agent_fields.items()}
+    values["updated_at"] = iso_now()
+    return values, len(bson.encode(values))
+
+
+def _append(
+    session_id: str,
+    agent_id: str,
+    entry: dict[str, Any],
+    size: int,
+    op: Any,
+    threshold: int,
+    state: tuple[dict[str, Any], int] = ({}, 0),
+    trimmed: int | None = None,
+) -> Write:
+    """The append of ``entry`` (``size`` bytes encoded): guarded by the agent's counter, committing ``op``,
+    setting the agent fields ``state`` (encoded, and their size) in the same update."""
+    key = encode_field_name(agent_id)
+    path = f"agents.{key}"
     query: dict[str, Any] = {"_id": session_id, f"{path}.message_count": entry["message_id"]}
+    fields, fields_size = state
     update: dict[str, Any] = {
         "$push": {f"{path}.messages": entry},
         "$inc": {f"{path}.message_count": 1},
-        "$set": {"updated_date": utc_now()},
+        "$set": {"updated_date": utc_now(), **{f"{path}.{name}": value for name, value in fields.items()}},
     }
     if op is not None:  # the append commits the binaries stored for it
         query["overflow_pending.op"] = op
         update["$pull"] = {"overflow_pending": {"op": op}}
     # The entry, its array index key and type byte; room for them, beyond which old messages move out.
-    grows_by = size + ARRAY_ENTRY
-    return Write(query, update, "append message", "session_message", grows_by=grows_by, size_limit=threshold - grows_by)
+    grows_by = size + ARRAY_ENTRY + fields_size
+    return Write(
+        query,
+        update,
+        "append message",
+        "session_message",
+        grows_by=grows_by,
+        size_limit=threshold - grows_by,
+        trimmed=None if trimmed is None else (key, trimmed),
+    )

@@ -134,7 +134,7 @@ def test_restore_reads_the_window_not_the_history(
     for session_id, stored in (("s-00040", short), ("s-02000", long)):
         wire.reset()
         agent, manager = _restore(client, database_name, session_id)
-        assert wire.names == ["aggregate", "aggregate"]
+        assert wire.names == ["aggregate"]
         assert agent.messages == [m.message for m in stored[-WINDOW:]]
         received[session_id] = sum(wire.replies)
         wire.reset()
@@ -162,17 +162,17 @@ def test_a_binary_block_costs_its_own_size_on_the_wire_and_in_storage(
 
     agent(prompt)
 
-    assert wire.names == ["update", "update"]
-    (_, sent), _reply = wire.commands
+    # Above binary_offload_bytes: the image goes into a chunk document (recorded on the session
+    # first), and the message refers to it; the reply is one update.
+    assert wire.names == ["update", "createIndexes", "insert", "update", "update"]  # overflow indexes: first use
+    sent = wire.commands[2][1]
     assert 1.0 < sent / len(image) < 1.05  # base64 would be 1.33
+    assert wire.commands[3][1] < 2_000  # the message itself holds a reference, not the image
 
-    document = client[database_name]["sessions"].find_one(
-        {"_id": "binary"}, {"agents.default.messages": {"$slice": [0, 1]}, "agents.default.message_count": 1}
-    )
-    assert document is not None
-    entry = document["agents"]["default"]["messages"][0]
-    assert entry["message"]["content"][1]["image"]["source"]["bytes"] == image
-    assert 1.0 < len(bson.encode(entry)) / len(image) < 1.05
+    chunk = client[database_name]["sessions_overflow"].find_one({"session_id": "binary", "data": {"$exists": True}})
+    assert chunk is not None
+    assert chunk["data"] == image
+    assert 1.0 < len(bson.encode(chunk)) / len(image) < 1.05
 
     restored, _ = _restore(client, database_name, "binary")
     assert restored.messages[0]["content"][1]["image"]["source"]["bytes"] == image
@@ -208,8 +208,10 @@ def test_a_turn_after_restoring_a_long_conversation_writes_only_its_messages(
     """No read, and one write per message, with a long history behind the window (not full yet)."""
     wire, client = wire_and_client
     repo = MongoDBSessionRepository(client=client, database_name=database_name)
-    # The agent left 10 messages in its window: a turn adds two without sliding it.
+    # The agent left 10 messages in its window: a turn adds two without sliding it. The 990 it
+    # trimmed are out of the session document, as the library keeps them.
     _store_conversation(repo, "long", 1000, 100, in_window=10)
+    assert repo._overflow.move_old_messages("long")
     agent, _ = _restore(client, database_name, "long", ScriptedModel([text("ok")]))
     assert len(agent.messages) == 10
     wire.reset()
@@ -220,12 +222,13 @@ def test_a_turn_after_restoring_a_long_conversation_writes_only_its_messages(
     assert repo.list_messages("long", "default", offset=1000)[1].message["content"] == [{"text": "ok"}]
 
 
-def test_a_turn_with_a_full_sliding_window_adds_only_the_window_position(
+def test_a_turn_with_a_full_sliding_window_is_two_writes(
     wire_and_client: tuple[Wire, MongoClient[dict[str, Any]]], database_name: str
 ) -> None:
     """Once a sliding window is full, Strands trims it after the turn's reply is appended and saves the
-    agent's new conversation_manager_state. That third write is a real state change (a restore needs
-    the new window position); it carries only that field, never the agent's whole state."""
+    agent's new conversation_manager_state. The manager plays that trim ahead and stores the new
+    window position with the reply, in the same update: the turn stays two writes, and the stored
+    state is the agent's, never its whole state resent."""
     wire, client = wire_and_client
     repo = MongoDBSessionRepository(client=client, database_name=database_name)
     _store_conversation(repo, "full", WINDOW, 100)
@@ -237,11 +240,98 @@ def test_a_turn_with_a_full_sliding_window_adds_only_the_window_position(
 
     agent("one more")
 
-    assert wire.names == ["update", "update", "update"]
-    third = wire.documents[2]["updates"][0]["u"]["$set"]
-    assert sorted(key.rsplit(".", 1)[-1] for key in third) == [
+    assert wire.names == ["update", "update"]
+    second = wire.documents[1]["updates"][0]["u"]
+    assert sorted(key.rsplit(".", 1)[-1] for key in second["$set"]) == [
         "conversation_manager_state",
         "updated_at",
         "updated_date",
     ]
-    assert wire.commands[2][1] < 2_000  # the 50 KB state is not resent
+    assert wire.commands[1][1] < 4_000  # the reply and the window position; the 50 KB state is not resent
+    stored = repo.read_agent("full", "default")
+    assert stored is not None
+    assert stored.conversation_manager_state == agent.conversation_manager.get_state()
+    assert agent.conversation_manager.removed_message_count == 4
+    restored, _ = _restore(client, database_name, "full")
+    assert [m["content"] for m in restored.messages] == [m["content"] for m in agent.messages]
+
+
+def test_turns_after_a_long_trimmed_history_rewrite_a_small_document(
+    wire_and_client: tuple[Wire, MongoClient[dict[str, Any]]], database_name: str
+) -> None:
+    """5,000 stored messages, of which the agent's window holds 20: the first turn moves the trimmed
+    history out of the session document (once), and from then on each append is one update of a
+    document that holds the window, not the history."""
+    wire, client = wire_and_client
+    repo = MongoDBSessionRepository(client=client, database_name=database_name)
+    stored = _store_conversation(repo, "h5000", 5000, 100)
+    agent, _ = _restore(client, database_name, "h5000", ScriptedModel([text("one"), text("two"), text("three")]))
+    agent("first")  # moves the 4,980 trimmed messages out
+    assert "insert" in wire.names
+    sizes = []
+    for prompt in ("second", "third"):
+        wire.reset()
+        agent(prompt)
+        assert wire.names == ["update", "update"]
+        size = next(client[database_name]["sessions"].aggregate([{"$project": {"s": {"$bsonSize": "$$ROOT"}}}]))
+        sizes.append(size["s"])
+    window = sum(len(bson.encode(message_to_entry(m))) for m in stored[-WINDOW:])
+    history = sum(len(bson.encode(message_to_entry(m))) for m in stored)
+    # The document holds the window, the trimmed messages of less than a batch, and a few descriptors.
+    assert max(sizes) < 3 * window < history / 50, (sizes, window, history)
+    everything = repo.list_messages("h5000", "default")
+    assert [m.message for m in everything[:5000]] == [m.message for m in stored]
+    assert len(everything) == 5006
+
+
+_COLD_START = """
+import json, sys
+from pymongo import MongoClient, monitoring
+from strands import Agent
+from mongodb_session_manager import MongoDBSessionManager
+from tests.support.scripted_model import ScriptedModel
+
+class Names(monitoring.CommandListener):
+    names = []
+    def started(self, event): self.names.append(event.command_name)
+    def succeeded(self, event): pass
+    def failed(self, event): pass
+
+uri, database = sys.argv[1], sys.argv[2]
+names = Names()
+client = MongoClient(uri, event_listeners=[names])
+counts = []
+for _ in range(2):
+    names.names.clear()
+    manager = MongoDBSessionManager("cold", client=client, database_name=database)
+    Agent(model=ScriptedModel([]), session_manager=manager, callback_handler=None)
+    counts.append(list(names.names))
+print(json.dumps(counts))
+"""
+
+
+def test_a_cold_start_costs_at_most_one_command_more_than_a_warm_manager(mongodb_uri: str, database_name: str) -> None:
+    """A fresh process (a Lambda cold start): its first manager creates the sessions collection's
+    indexes in one command before the restore's one read; the next manager sends the read alone."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with MongoClient(mongodb_uri) as client:
+        repo = MongoDBSessionRepository(client=client, database_name=database_name)
+        _store_conversation(repo, "cold", 30, 100)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    result = subprocess.run(
+        [sys.executable, "-c", _COLD_START, mongodb_uri, database_name],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=120,
+        check=True,
+    )
+    cold, warm = json.loads(result.stdout.strip().splitlines()[-1])
+    assert cold == ["createIndexes", "aggregate"]
+    assert warm == ["aggregate"]

@@ -220,9 +220,9 @@ def test_global_factory_serves_requests_without_new_connections_or_index_command
     # New session: one read to look for it, then create it and add the agent.
     for commands in init_commands["new"]:
         assert commands == ["aggregate", "insert", "update"], commands
-    # Existing session: the session and agent state in one read, the messages in another.
+    # Existing session: the session, the agent state and its window of messages in one read.
     for commands in init_commands["existing"]:
-        assert commands == ["aggregate", "aggregate"], commands
+        assert commands == ["aggregate"], commands
     # A turn writes the user message and the reply (with its metrics): two updates, no reads.
     for commands in turn_commands["new"] + turn_commands["existing"]:
         assert commands == ["update", "update"], commands

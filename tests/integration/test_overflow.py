@@ -649,3 +649,69 @@ def test_encoded_agent_ids_work_across_the_boundary(repo: MongoDBSessionReposito
     messages = _conversation(repo, "enc", agent, 120)
     assert _stored(repo, "enc")["agents"][encode_field_name(agent)]["overflow_count"] > 0
     assert repo.list_messages("enc", agent, offset=3, limit=90) == messages[3:93]
+
+
+# ------------------------------------------------------------------------------- the flat-cost policy
+
+
+def test_an_append_whose_moves_keep_losing_still_goes_in(repo: MongoDBSessionRepository) -> None:
+    """An append that needs room must not fail because other writers' moves keep winning over its own
+    move (its move then gives up with a conflict): it goes in above the threshold, under MongoDB's
+    limit, and a later append moves again."""
+    _session(repo, "losing", "a")
+    messages = _conversation(repo, "losing", "a", 25)  # ~12 KB: the next appends need room
+    real_move = repo._overflow._move
+    lost: list[int] = []
+
+    def always_loses(*args: Any, **kwargs: Any) -> None:
+        lost.append(1)  # another process committed its move first, every time
+        return None
+
+    repo._overflow._move = always_loses  # type: ignore[method-assign]
+    extra = [_message("a", i) for i in range(25, 45)]
+    for message in extra:
+        repo.create_message("losing", "a", message)
+
+    assert lost  # the append did try to move, and lost
+    assert "overflow_count" not in _stored(repo, "losing")["agents"]["a"]
+    assert repo.list_messages("losing", "a") == messages + extra
+    repo._overflow._move = real_move  # type: ignore[method-assign]
+    last = _message("a", 45)
+    repo.create_message("losing", "a", last)
+    assert _stored(repo, "losing")["agents"]["a"]["overflow_count"] > 0
+    assert repo.list_messages("losing", "a") == [*messages, *extra, last]
+
+
+def test_a_move_stops_when_another_writer_made_room(repo: MongoDBSessionRepository) -> None:
+    _session(repo, "room", "a")
+    _conversation(repo, "room", "a", 25)
+    layout = repo.collection.aggregate([{"$match": {"_id": "room"}}, {"$project": {"s": {"$bsonSize": "$$ROOT"}}}])
+    size = next(layout)["s"]
+
+    assert repo._overflow.move_old_messages("room", target=0, enough=size)
+    assert "overflow_count" not in _stored(repo, "room")["agents"]["a"]  # nothing moved: there was room
+
+
+def test_trimmed_messages_move_out_in_batches(replies: Replies, repo: MongoDBSessionRepository) -> None:
+    """Messages the conversation manager no longer holds stay in the document until MOVE_BATCH of them
+    are there, then one append moves them all out; the others are one update each."""
+    from mongodb_session_manager._overflow import MOVE_BATCH
+
+    _session(repo, "trim", "a")
+    big = _repository(repo.client, repo.database_name, overflow_threshold_bytes=1024 * 1024)
+    messages = []
+    moves = 0
+    for i in range(3 * MOVE_BATCH):
+        message = _message("a", i, size=50)
+        replies.reset()
+        big.create_message("trim", "a", message, trimmed_before=max(0, i - 4))  # a window of 4
+        messages.append(message)
+        moves += "insert" in replies.names
+        if "insert" not in replies.names:
+            assert replies.names == ["update"]
+    stored = _stored(repo, "trim")["agents"]["a"]
+    assert moves == 2
+    # At the 2nd move, the agent had trimmed 2 x MOVE_BATCH messages: all of them moved out.
+    assert stored["overflow_count"] == 2 * MOVE_BATCH
+    assert len(stored["messages"]) == 3 * MOVE_BATCH - stored["overflow_count"]
+    assert big.list_messages("trim", "a") == messages

@@ -82,7 +82,7 @@ def _store_conversation(repo: MongoDBSessionRepository, session_id: str, count: 
 
 
 @pytest.mark.parametrize("stored", [10, 200, 2000])
-def test_restore_costs_two_commands_whatever_the_length(
+def test_restore_costs_one_command_whatever_the_length(
     log_and_client: tuple[CommandLog, MongoClient[dict[str, Any]]], database_name: str, stored: int
 ) -> None:
     log, client = log_and_client
@@ -98,7 +98,8 @@ def test_restore_costs_two_commands_whatever_the_length(
         callback_handler=None,
     )
 
-    assert log.commands == ["aggregate", "aggregate"]
+    # The session, the agent and its window (all in the session document) come in one aggregate.
+    assert log.commands == ["aggregate"]
     restored = min(stored, 20)
     assert len(agent.messages) == restored
     assert agent.messages[-1]["content"][0]["text"].startswith(f"{stored - 1:06d}")
@@ -142,3 +143,48 @@ def test_a_turn_writes_once_per_message_and_reads_nothing(
     log.reset()
     manager.sync_agent(agent)
     assert log.commands == []
+
+
+def test_restore_whose_window_reaches_moved_messages_costs_two_commands(
+    log_and_client: tuple[CommandLog, MongoClient[dict[str, Any]]], database_name: str
+) -> None:
+    """A window partly outside the session document: the one aggregate finds it is not all resident
+    and the restore lists it (resident part and buckets) with one more command on each side."""
+    log, client = log_and_client
+    repo = MongoDBSessionRepository(client=client, database_name=database_name)
+    _store_conversation(repo, "moved", 200)
+    # Move more than the trimmed 180 out: the window's first 10 messages leave the document too.
+    assert repo._overflow.move_old_messages("moved", target=0, trimmed={"default": 190})
+    stored = repo.collection.find_one({"_id": "moved"}, {"agents.default.overflow_count": 1})
+    assert stored is not None and stored["agents"]["default"]["overflow_count"] >= 190
+    log.reset()
+
+    agent = Agent(
+        model=ScriptedModel([]),
+        session_manager=MongoDBSessionManager("moved", client=client, database_name=database_name),
+        conversation_manager=SlidingWindowConversationManager(window_size=20),
+        callback_handler=None,
+    )
+
+    assert log.commands == ["aggregate", "aggregate", "aggregate"]  # snapshot, then session + buckets
+    assert [m["content"][0]["text"][:6] for m in agent.messages] == [f"{i:06d}" for i in range(180, 200)]
+
+
+def test_restore_with_an_offloaded_binary_in_the_window_reads_its_chunks(
+    log_and_client: tuple[CommandLog, MongoClient[dict[str, Any]]], database_name: str
+) -> None:
+    log, client = log_and_client
+    image = bytes(range(256)) * 1024  # 256 KiB: above binary_offload_bytes=1024
+    manager = MongoDBSessionManager("pictures", client=client, database_name=database_name, binary_offload_bytes=1024)
+    agent = Agent(model=ScriptedModel([text("A pattern.")]), session_manager=manager, callback_handler=None)
+    agent([{"text": "What is this?"}, {"image": {"format": "png", "source": {"bytes": image}}}])
+    log.reset()
+
+    restored = Agent(
+        model=ScriptedModel([]),
+        session_manager=MongoDBSessionManager("pictures", client=client, database_name=database_name),
+        callback_handler=None,
+    )
+
+    assert log.commands == ["aggregate", "find"]  # the window, then the image's chunk
+    assert restored.messages[0]["content"][1]["image"]["source"]["bytes"] == image

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import bson
+from bson import json_util
 from pymongo import MongoClient, monitoring
 from strands import Agent
 from strands.agent.conversation_manager import (
@@ -202,9 +203,10 @@ class _ReadRecorder(monitoring.CommandListener):
             self._pending[event.request_id] = {
                 "command": event.command_name,
                 "collection": event.command.get(event.command_name),
-                "filter": event.command.get("filter"),
+                # As extended JSON (ObjectIds of buckets and chunks): the dump is plain JSON.
+                "filter": json.loads(json_util.dumps(event.command.get("filter"))),
                 "projection": event.command.get("projection"),
-                "pipeline": event.command.get("pipeline"),
+                "pipeline": json.loads(json_util.dumps(event.command.get("pipeline"))),
             }
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
@@ -212,11 +214,13 @@ class _ReadRecorder(monitoring.CommandListener):
         if command is None:
             return
         batch = event.reply.get("cursor", {}).get("firstBatch", [])
+        # Session reads answer {"agents": {key: {...}}}: messages under "messages", or, in the
+        # restore's snapshot, the window under "window".
         messages_per_agent = {
-            agent_key: len(agent.get("messages", []))
+            agent_key: len(agent.get("messages", agent.get("window")) or [])
             for document in batch
             for agent_key, agent in (document.get("agents") or {}).items()
-            if isinstance(agent, dict) and "messages" in agent
+            if isinstance(agent, dict) and ("messages" in agent or isinstance(agent.get("window"), list))
         }
         for document in batch:
             # The repository's message reads answer {"agent": {"messages": [...], ...}} for one agent,

@@ -163,8 +163,8 @@ def test_storage_options_are_validated_by_name(option: str, value: Any) -> None:
 def test_storage_options_have_documented_defaults() -> None:
     client: Any = mongomock.MongoClient()
     repository = MongoDBSessionRepository(client=client, database_name="db", collection_name="chats")
-    assert repository.binary_offload_bytes == 256 * 1024
-    assert repository.overflow_threshold_bytes == 4 * 1024 * 1024
+    assert repository.binary_offload_bytes == 64 * 1024
+    assert repository.overflow_threshold_bytes == 128 * 1024
     assert repository.overflow_collection_name == "chats_overflow"
     assert repository.overflow.name == "chats_overflow"
 
