@@ -7,6 +7,8 @@ Options:
                     unless --output is given)
     --output PATH   where to write the Markdown report (default: docs/benchmarks.md)
     --no-write      print only
+
+Writing the report also writes its charts (``docs/bench-*.png``) next to it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from ._charts import CHARTS, history_chart, restore_chart, versus_chart
 from ._harness import Traffic, machine_facts
+from ._history import HISTORY_IMAGE_BYTES, HISTORY_IMAGE_EVERY, HISTORY_WINDOW, HistoryPoint
 from ._report import Table, count, ms, ratio
 from ._scenarios import IMAGE_EVERY, LONG_THRESHOLD, WINDOW, Append, Bench, LongRestore, Results, Settings, run_all
 from ._storage import storage_table
@@ -68,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(whole run: {elapsed:.0f} s)")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(markdown(facts, tables, args.quick), encoding="utf-8")
-        print(f"wrote {output}")
+        charts = write_charts(results, output.parent)
+        output.write_text(markdown(facts, tables, args.quick, charts), encoding="utf-8")
+        print(f"wrote {output} and {', '.join(charts)}")
     return 0
 
 
@@ -137,7 +142,8 @@ def targets(results: Results) -> Table:
         ", ".join(count(int(cost.key.split(":")[1])) for cost in appends)
         + f" stored: {'/'.join(sorted({str(c.traffic.count) for c in appends}))} command,"
         + f" {'/'.join(count(size) for size in sorted(sizes))} B",
-        _yes(all(cost.traffic.count == 1 for cost in appends) and max(sizes) - min(sizes) <= 16),
+        # (the filter carries the window's position once the agent has trimmed messages: +46 B)
+        _yes(all(cost.traffic.count == 1 for cost in appends) and max(sizes) - min(sizes) <= 64),
     )
     for history, restores in _by_history(results.long_restores).items():
         window = min(restore.window for restore in restores)
@@ -246,7 +252,7 @@ def build_tables(results: Results) -> list[Table]:
             " while its command keeps the same size: the server's own work grows with the document."
         )
 
-    tables = [targets(results), main, files]
+    tables = [*issue16(results), targets(results), main, files]
     if results.durability:
         durable = Table(
             "What durable writes cost: acknowledged once journaled (the default) vs before",
@@ -271,13 +277,13 @@ def build_tables(results: Results) -> list[Table]:
         kb = f"{storage.raw // 1024:,} KB image"
         binary.add(f"{kb}: the image itself", "raw bytes", count(storage.raw), ratio(1.0))
         binary.add(
-            f"{kb}: the update command that appends it",
+            f"{kb}: the insert command that stores it (above binary_offload_bytes)",
             "BSON Binary",
             count(storage.sent),
             ratio(storage.sent / storage.raw),
         )
         binary.add(
-            f"{kb}: the stored message entry (in the session document)",
+            f"{kb}: its chunk document in the overflow collection",
             "BSON Binary",
             count(storage.stored),
             ratio(storage.stored / storage.raw),
@@ -480,9 +486,9 @@ def long_sessions(results: Results) -> list[Table]:
             " in order, into bucket documents until it is at half the threshold; a window that reaches into them"
             " costs one more aggregate, which reads only the window's part of each bucket. Images above"
             " binary_offload_bytes are read back in one find.",
-            f"the threshold is kept small ({LONG_THRESHOLD // 1024} KiB instead of the default 4 MiB) so that a few"
-            " thousand appends move most of the history out on this slow server; with the default, the same happens"
-            " at 16 times the size.",
+            f"the threshold is the default ({LONG_THRESHOLD // 1024} KiB). These appends go through the repository"
+            " without the window's position (as Strands' RepositorySessionManager would): only the threshold moves"
+            " messages out; MongoDBSessionManager also moves what the window dropped (see 'Append vs history length').",
         ]
         tables.append(restores)
 
@@ -544,7 +550,174 @@ def long_sessions(results: Results) -> list[Table]:
     return tables
 
 
-def markdown(facts: dict[str, str], tables: list[Table], quick: bool) -> str:
+def write_charts(results: Results, folder: Path) -> list[str]:
+    """Draw the charts of this run into ``folder``; returns their file names."""
+    written = []
+    if results.history:
+        history_chart(results.history, folder / "bench-history.png")
+        written.append("bench-history.png")
+    if results.window_restores:
+        restore_chart(results.window_restores, folder / "bench-restore.png")
+        written.append("bench-restore.png")
+    groups = versus_groups(results)
+    if groups:
+        versus_chart(groups, folder / "bench-versus.png")
+        written.append("bench-versus.png")
+    return written
+
+
+def versus_groups(results: Results) -> list[tuple[str, dict[str, float]]]:
+    """Median ms per backend of the operations the three managers were all measured on."""
+    groups: list[tuple[str, dict[str, float]]] = []
+    window = [r for r in results.window_restores if r.window == HISTORY_WINDOW]
+    if window:
+        groups.append(
+            (
+                f"restore, window {HISTORY_WINDOW}\n({window[0].stored:,} stored)",
+                {r.backend: r.timing.median for r in window},
+            )
+        )
+    lengths = sorted({p.stored for p in results.history if p.kind == "text"})
+    for stored in [lengths[0], *lengths[-2:]] if len(lengths) > 2 else lengths:
+        points = [p for p in results.history if p.kind == "text" and p.stored == stored]
+        groups.append((f"append\n({stored:,} stored)", {p.backend: p.timing.median for p in points}))
+    return groups
+
+
+def _floored(point: HistoryPoint) -> float:
+    """An append's median over the pymongo floor timed alongside it. The test server's per-write cost
+    creeps up over a run (it keeps every retryable write's reply), so times taken minutes apart are
+    compared through the floor measured with each."""
+    return point.timing.median / point.floor.median
+
+
+def _point(results: Results, backend: str, kind: str, stored: int) -> HistoryPoint | None:
+    return next((p for p in results.history if (p.backend, p.kind, p.stored) == (backend, kind, stored)), None)
+
+
+def issue16(results: Results) -> list[Table]:
+    """Issue #16's targets, and the tables behind its charts."""
+    tables = []
+    costs = {cost.key: cost for cost in results.costs}
+    table = Table("Targets of issue #16", ["target", "measured", "met"])
+    for kind in ("text", "images"):
+        short, long = _point(results, "mongodb", kind, 10), _point(results, "mongodb", kind, 5000)
+        if short is not None and long is not None:
+            times = _floored(long) / _floored(short)
+            table.add(
+                f"an append with 5,000 stored costs at most 2x the append with 10 stored ({kind})",
+                f"{ratio(_floored(long))} vs {ratio(_floored(short))} the pymongo floor ({times:.2f}x); document"
+                f" rewritten: {count(long.rewritten)} vs {count(short.rewritten)} B",
+                _yes(times <= 2.0),
+            )
+        longest = max((p.stored for p in results.history if p.kind == kind), default=0)
+        far = _point(results, "mongodb", kind, longest)
+        if short is not None and far is not None and longest > 5000:
+            table.add(
+                f"the same at {longest:,} stored ({kind}), reported",
+                f"{_floored(far) / _floored(short):.2f}x; {count(far.rewritten)} B rewritten",
+                "-",
+            )
+    restores = [cost for key, cost in costs.items() if key.startswith("restore:")]
+    table.add(
+        "restore (manager + Agent(...)) in 1 command when the window is resident",
+        "; ".join(f"{cost.key.split(':')[1]} stored: {_commands(cost.traffic)}" for cost in restores),
+        _yes(all(cost.traffic.count == 1 for cost in restores)),
+    )
+    mongo_windows = [r for r in results.window_restores if r.backend == "mongodb"]
+    if mongo_windows:
+        table.add(
+            f"restore of each window of a {mongo_windows[0].stored:,}-message history: at most 2 commands",
+            "; ".join(f"window {r.window}: {r.commands}" for r in mongo_windows),
+            _yes(all(r.commands <= 2 for r in mongo_windows)),
+        )
+    slide = costs.get("turn:slide")
+    if slide is not None:
+        table.add(
+            f"a turn once the window of {WINDOW} is full: 2 commands",
+            _commands(slide.traffic),
+            _yes(slide.traffic.count == 2),
+        )
+    cold = results.cold_start
+    if cold is not None:
+        table.add(
+            "a fresh process: the first manager costs at most one round trip more than a warm one",
+            f"first: {', '.join(cold.cold_commands)} ({ms(cold.cold_ms)} ms, connecting included);"
+            f" next: {', '.join(cold.warm_commands)} ({ms(cold.warm_ms)} ms)",
+            _yes(len(cold.cold_commands) <= len(cold.warm_commands) + 1),
+        )
+    table.notes += [
+        "times are medians of one run, taking turns; commands are exact and asserted in"
+        " tests/integration/test_cost_targets.py and test_restore_cost.py.",
+        "the cold start runs in fresh Python processes (median of several); its time includes opening the"
+        " client's first connection, which a warm manager reuses.",
+    ]
+    tables.append(table)
+
+    if results.history:
+        history = Table(
+            f"Append vs history length (window of {HISTORY_WINDOW}): ours, FileSessionManager, S3SessionManager on moto",
+            [
+                "backend",
+                "history",
+                "stored",
+                "commands",
+                "median ms",
+                "x pymongo floor",
+                "x same at 10",
+                "bytes rewritten",
+            ],
+        )
+        for point in sorted(results.history, key=lambda p: (p.kind, p.backend, p.stored)):
+            first = _point(results, point.backend, point.kind, min(p.stored for p in results.history))
+            history.add(
+                point.backend,
+                point.kind,
+                count(point.stored),
+                (_commands(point.traffic) + (f"; {point.moves} moved" if point.moves else ""))
+                if point.traffic is not None
+                else "-",
+                ms(point.timing.median),
+                ratio(_floored(point)),
+                ratio(_floored(point) / _floored(first)) if first is not None else "-",
+                count(point.rewritten),
+            )
+        history.notes += [
+            "MongoDB: what one append makes the server rewrite is the session document (bytes rewritten: its size"
+            " after the appends). The document keeps the agent's window and fewer than MOVE_BATCH (16) messages"
+            " the window dropped; every 16th append moves those out ('n moved': how many of the timed appends did).",
+            "'x floor, vs 10 stored' compares each append's ratio to the pymongo floor timed with it: this"
+            " server's per-write cost creeps up over a run (it keeps every retryable write's reply), floor included.",
+            "FileSessionManager and S3SessionManager write one file or object per message: what they rewrite is"
+            " that message (images are base64 in JSON there).",
+            f"images: every {HISTORY_IMAGE_EVERY}th message carries a {HISTORY_IMAGE_BYTES // 1024} KiB image, above"
+            " binary_offload_bytes (64 KiB), so the session document holds a reference to it.",
+        ]
+        tables.append(history)
+    if results.window_restores:
+        windows = Table(
+            "Restore vs window (manager + Agent(...))",
+            ["backend", "stored", "window", "commands / files / objects", "bytes received", "median ms"],
+        )
+        for restore in sorted(results.window_restores, key=lambda r: (r.backend, r.window)):
+            windows.add(
+                restore.backend,
+                count(restore.stored),
+                count(restore.window),
+                count(restore.commands),
+                count(restore.received),
+                ms(restore.timing.median),
+            )
+        windows.notes.append(
+            "MongoDB: one aggregate returns the session, the agent and its window while the window is in the"
+            " session document; a window reaching moved messages reads them with one more aggregate (the"
+            " window's part of each bucket). Files and objects: what Strands' managers read, one per message."
+        )
+        tables.append(windows)
+    return tables
+
+
+def markdown(facts: dict[str, str], tables: list[Table], quick: bool, charts: list[str] | None = None) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -572,6 +745,9 @@ def markdown(facts: dict[str, str], tables: list[Table], quick: bool) -> str:
         "",
         "## Results",
     ]
+    if charts:
+        lines += ["", "### Charts", ""]
+        lines += [f"![{CHARTS[name]}]({name})" for name in charts]
     for table in tables:
         lines += ["", table.markdown()]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import os
 import platform
@@ -156,6 +157,36 @@ class Contestant:
     action: Callable[[Any], Any]
     prepare: Callable[[int], Any] | None = None
     capture: Callable[[], Any] | None = None
+
+
+class Typical:
+    """A ``capture`` for operations that sometimes do more (an append that moves old messages out):
+    it keeps each call's traffic and reports the most common one, and how often another occurred."""
+
+    def __init__(self, take: Callable[[], Traffic]) -> None:
+        self.take = take
+        self.calls: list[Traffic] = []
+        self._after = False
+
+    def __call__(self) -> Traffic:
+        traffic = self.take()
+        if self._after:
+            self.calls.append(traffic)
+        self._after = not self._after
+        return self.typical
+
+    @property
+    def typical(self) -> Traffic:
+        if not self.calls:
+            return Traffic()
+        common = collections.Counter(call.commands for call in self.calls).most_common(1)[0][0]
+        return next(call for call in self.calls if call.commands == common)
+
+    @property
+    def others(self) -> int:
+        """Calls whose commands differed from the typical ones."""
+        typical = self.typical.commands
+        return sum(1 for call in self.calls if call.commands != typical)
 
 
 def interleave(repeats: int, contestants: Sequence[Contestant], warmup: int = 1) -> list[tuple[Timing, Any]]:

@@ -33,7 +33,7 @@ from mongodb_session_manager._documents import agent_to_fields, message_to_entry
 from mongodb_session_manager._overflow import bucket_document, chunk_documents, entry_size, split_into_buckets
 
 from ._files import CountingFileSessionManager, FileIO
-from ._harness import Contestant, Timing, Traffic, interleave
+from ._harness import Contestant, Timing, Traffic, Typical, interleave
 
 if TYPE_CHECKING:
     from ._scenarios import Bench
@@ -58,7 +58,8 @@ class HistoryPoint:
     timing: Timing
     floor: Timing  # the pymongo update_one floor, timed alongside
     rewritten: int  # bytes the backend rewrites per append (MongoDB: the session document)
-    traffic: Traffic | None = None  # MongoDB only
+    traffic: Traffic | None = None  # MongoDB only: the typical append's
+    moves: int = 0  # MongoDB only: appends (of the timed ones) that also moved old messages out
 
 
 @dataclass
@@ -151,8 +152,7 @@ class _Backends:
         assert sum(entry_size(e) for e in entries[moved:]) < len(bson.encode(document))
 
     def store_sdk(self, manager: Any, session_id: str, stored: int, kind: str) -> None:
-        """A history written by Strands' own manager: one file or object per message."""
-        manager.session_repository.create_session(Session(session_id=session_id, session_type=SessionType.AGENT))
+        """A history written by Strands' own manager (which created the session): one file or object per message."""
         manager.session_repository.create_agent(session_id, _agent(stored))
         for index in range(stored):
             manager.session_repository.create_message(session_id, "default", _message(index, kind))
@@ -201,20 +201,22 @@ def _appends(backends: _Backends, stored: int, kind: str, repeats: int) -> list[
 
         return call
 
+    typical = Typical(bench.recorder.take)
     (mongo, traffic), (floor, _), (file, _), (s3, _) = interleave(
         repeats,
         [
-            Contestant(append("mongodb"), capture=bench.recorder.take),
+            Contestant(append("mongodb"), capture=typical),
             _floor(bench, "write"),
             Contestant(append("file")),
             Contestant(append("s3")),
         ],
     )
     written = backends.file_io.take()
+    s3_written = sum(backends.object_size(session, message_id) for message_id in range(stored, next_id["s3"]))
     return [
-        HistoryPoint("mongodb", kind, stored, mongo, floor, backends.document_size(session), traffic),
+        HistoryPoint("mongodb", kind, stored, mongo, floor, backends.document_size(session), traffic, typical.others),
         HistoryPoint("file", kind, stored, file, floor, written.written_bytes // max(1, written.writes)),
-        HistoryPoint("s3", kind, stored, s3, floor, backends.object_size(session, next_id["s3"] - 1)),
+        HistoryPoint("s3", kind, stored, s3, floor, s3_written // max(1, next_id["s3"] - stored)),
     ]
 
 
@@ -244,9 +246,9 @@ def _restores(backends: _Backends, stored: int, windows: tuple[int, ...], repeat
         def file(_: Any, window: int = window) -> None:
             assert len(new_agent(backends.file(session), window).messages) == window
 
-        def s3(_: Any, window: int = window) -> None:
+        def s3(_: Any, window: int = window, s3_bytes: _S3Bytes = s3_bytes) -> None:
             manager = backends.s3(session)
-            manager.session_repository.client.meta.events.register("after-call.s3.GetObject", s3_bytes.count)  # type: ignore[attr-defined]
+            manager.client.meta.events.register("after-call.s3.GetObject", s3_bytes.count)
             assert len(new_agent(manager, window).messages) == window
 
         bench.recorder.take()
@@ -296,3 +298,74 @@ def history_costs(
                 points += _appends(backends, stored, kind, repeats)
         restores = _restores(backends, max(lengths), windows, repeats)
         return points, restores
+
+
+@dataclass
+class ColdStart:
+    """The first manager of a fresh process (a Lambda cold start) against the next one."""
+
+    cold_commands: tuple[str, ...]
+    warm_commands: tuple[str, ...]
+    cold_ms: float  # the client's first connection included
+    warm_ms: float
+
+
+_COLD_START = """
+import json, sys, time
+from pymongo import MongoClient, monitoring
+from mongodb_session_manager import MongoDBSessionManager
+from mongodb_session_manager.mongodb_connection_pool import resolve_client_options
+from benchmarks._scenarios import new_agent
+
+class Names(monitoring.CommandListener):
+    names = []
+    def started(self, event): self.names.append(event.command_name)
+    def succeeded(self, event): pass
+    def failed(self, event): pass
+
+uri, database, session_id = sys.argv[1:4]
+names = Names()
+client = MongoClient(uri, event_listeners=[names], **resolve_client_options(uri, {}))
+runs = []
+for _ in range(2):
+    names.names.clear()
+    start = time.perf_counter()
+    new_agent(MongoDBSessionManager(session_id, client=client, database_name=database))
+    runs.append([list(names.names), (time.perf_counter() - start) * 1000])
+print(json.dumps(runs))
+"""
+
+
+def cold_start(bench: Bench, runs: int) -> ColdStart:
+    """Restore a stored session in ``runs`` fresh processes: the first manager, then a second one."""
+    import json
+    import statistics
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ._scenarios import WINDOW
+
+    session_id = bench.session_id("cold")
+    bench.store(session_id, WINDOW * 2)
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    results = []
+    for _ in range(runs):
+        output = subprocess.run(
+            [sys.executable, "-c", _COLD_START, bench.uri, bench.database_name, session_id],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            timeout=300,
+            check=True,
+        ).stdout
+        results.append(json.loads(output.strip().splitlines()[-1]))
+    bench.recorder.take()
+    return ColdStart(
+        tuple(results[0][0][0]),
+        tuple(results[0][1][0]),
+        statistics.median(run[0][1] for run in results),
+        statistics.median(run[1][1] for run in results),
+    )

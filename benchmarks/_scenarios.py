@@ -36,9 +36,11 @@ from mongodb_session_manager import (
 from mongodb_session_manager._documents import agent_to_fields, message_to_entry, session_to_document
 from mongodb_session_manager._overflow import REFERENCE_SUBTYPE
 from mongodb_session_manager.mongodb_connection_pool import resolve_client_options
+from mongodb_session_manager.mongodb_session_repository import DEFAULT_OVERFLOW_THRESHOLD_BYTES
 
 from ._files import CountingFileSessionManager, FileIO
-from ._harness import Contestant, Recorder, Timing, Traffic, interleave
+from ._harness import Contestant, Recorder, Timing, Traffic, Typical, interleave
+from ._history import ColdStart, HistoryPoint, WindowRestore, cold_start, history_costs
 from ._model import ReplyModel
 from ._storage import StorageOp, storage_costs
 
@@ -51,10 +53,8 @@ ASSISTANT_TEXT = (
 ) * 3
 #: A long answer (~8 KB), as agents that work through documents and tool results give.
 LONG_ANSWER_TEXT = ASSISTANT_TEXT * 15
-#: ``overflow_threshold_bytes`` of the long-session scenarios. Small, so that a few thousand appends
-#: move most of a history out of the session document; with the default (4 MiB) the same happens
-#: at 16 times the size.
-LONG_THRESHOLD = 256 * 1024
+#: ``overflow_threshold_bytes`` of the long-session scenarios: the default.
+LONG_THRESHOLD = DEFAULT_OVERFLOW_THRESHOLD_BYTES
 #: In the image session, every ``IMAGE_EVERY``-th message is a user message holding an image.
 IMAGE_EVERY = 10
 
@@ -77,6 +77,12 @@ class Settings:
     image_checkpoints: tuple[int, ...] = (10, 20)
     image_windows: tuple[int, ...] = (20, 40)
     offloaded_image_bytes: int = 1024 * 1024
+    # Issue #16: append cost vs history length (text; with images), restore bytes vs window.
+    history_lengths: tuple[int, ...] = (10, 100, 1000, 5000, 20000)
+    image_history_lengths: tuple[int, ...] = (10, 100, 1000, 5000)
+    history_windows: tuple[int, ...] = (10, 20, 40, 100, 200)
+    history_repeats: int = 15
+    cold_starts: int = 5
 
     @classmethod
     def quick(cls) -> Settings:
@@ -87,6 +93,11 @@ class Settings:
             throughput=((1, 20), (4, 5)),
             long_checkpoints=(200, 600),
             image_checkpoints=(2, 4),
+            history_lengths=(10, 100, 1000),
+            image_history_lengths=(10, 100),
+            history_windows=(20, 40),
+            history_repeats=3,
+            cold_starts=2,
         )
 
 
@@ -215,6 +226,9 @@ class Results:
     offloaded: Offloaded | None = None
     durability: list[Durability] = field(default_factory=list)
     unified_storage: list[StorageOp] = field(default_factory=list)
+    history: list[HistoryPoint] = field(default_factory=list)
+    window_restores: list[WindowRestore] = field(default_factory=list)
+    cold_start: ColdStart | None = None
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -324,7 +338,11 @@ class Bench:
             "message_count": count,
             "messages": [message_to_entry(m) for m in messages],
         }
+        document["size_estimate"] = len(bson.encode(document)) + 32
         self.repository.collection.insert_one(document)
+        # As the library keeps a history: the messages the window no longer holds move out.
+        self.repository._overflow.move_old_messages(session_id)
+        self.recorder.take()
         self.files.create_session(Session(session_id=session_id, session_type=SessionType.AGENT))
         self.files.create_agent(session_id, agent)
         for message in messages:
@@ -478,18 +496,25 @@ def append(bench: Bench, stored: int, repeats: int) -> Cost:
 
     def create(repository: Any, key: str) -> Callable[[Any], None]:
         def call(_: Any) -> None:
-            repository.create_message(session_id, "default", SessionMessage(message, next_id[key]))
+            if key == "mongo":  # with the window's position, as MongoDBSessionManager appends
+                trimmed = max(0, next_id[key] + 1 - WINDOW)
+                repository.create_message(
+                    session_id, "default", SessionMessage(message, next_id[key]), trimmed_before=trimmed
+                )
+            else:
+                repository.create_message(session_id, "default", SessionMessage(message, next_id[key]))
             next_id[key] += 1
 
         return call
 
+    # The typical append's commands (one in 16 also moves what the window dropped out).
     return _compare(
         bench,
         f"append:{stored}",
         f"append a message, {stored:,} stored",
         "write",
         repeats,
-        _mongo(bench, create(bench.repository, "mongo")),
+        Contestant(create(bench.repository, "mongo"), capture=Typical(bench.recorder.take)),
         _file(bench, create(file_repository, "file")),
     )
 
@@ -522,14 +547,18 @@ def image_turn(bench: Bench) -> tuple[Cost, Storage]:
     )
     assert document is not None
     entry = document["agents"]["default"]["messages"][0]
-    assert entry["message"]["content"][1]["image"]["source"]["bytes"] == data
+    # Above binary_offload_bytes: the message holds a reference, a chunk document the bytes.
+    assert entry["message"]["content"][1]["image"]["source"]["bytes"].subtype == REFERENCE_SUBTYPE
+    chunk = bench.repository.overflow.find_one({"session_id": ids["mongo"][-1], "data": {"$exists": True}})
+    assert chunk is not None and chunk["data"] == data
+    bench.recorder.take()
     file_path = os.path.join(
         bench.storage_dir, f"session_{ids['file'][-1]}", "agents", "agent_default", "messages", "message_0.json"
     )
     storage = Storage(
         raw=len(data),
-        sent=cost.traffic.sizes[0],  # the update that appended the user message
-        stored=len(bson.encode(entry)),
+        sent=cost.traffic.sizes[cost.traffic.commands.index("insert")],  # the chunk's insert
+        stored=len(bson.encode(chunk)),
         file_stored=os.path.getsize(file_path),
     )
     return cost, storage
@@ -935,4 +964,15 @@ def run_all(bench: Bench, progress: Callable[[str], None]) -> Results:
         results.throughput.append(throughput(bench, threads, sessions))
     progress("MongoDBStorage against LocalFileStorage and S3Storage")
     results.unified_storage = storage_costs(bench)
+    settings = bench.settings
+    progress(f"history lengths {settings.history_lengths}: ours, FileSessionManager, S3SessionManager (moto)")
+    results.history, results.window_restores = history_costs(
+        bench,
+        settings.history_lengths,
+        settings.image_history_lengths,
+        settings.history_windows,
+        settings.history_repeats,
+    )
+    progress("cold start: the first manager of a fresh process")
+    results.cold_start = cold_start(bench, settings.cold_starts)
     return results

@@ -146,9 +146,10 @@ def snapshot_pipeline(session_id: str, windows: bool = False) -> list[dict[str, 
     window too: what a restore reads.
 
     The window of an agent is what Strands lists when it restores it: its messages from the
-    stored ``conversation_manager_state.removed_message_count`` (``window_from``) on. It is
-    returned (``window``) only when all of it is resident (``overflow_count`` at most
-    ``window_from``); otherwise ``window`` is null and the restore lists the messages itself.
+    stored ``conversation_manager_state.removed_message_count`` (``window_from``) on. When all of it
+    is resident (``overflow_count``, ``moved``, at most ``window_from``), ``window`` is that part of
+    the messages; otherwise ``window`` is every resident message and ``buckets`` the descriptors of
+    the buckets holding the rest (read in one more command).
     """
     agent_fields: dict[str, Any] = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
     removed = "$$agent.v.conversation_manager_state.removed_message_count"
@@ -158,13 +159,16 @@ def snapshot_pipeline(session_id: str, windows: bool = False) -> list[dict[str, 
     if windows:
         agent_fields["message_count"] = {"$ifNull": ["$$agent.v.message_count", 0]}
         agent_fields["window_from"] = window_from
+        agent_fields["moved"] = moved
         agent_fields["window"] = {
             "$cond": [
                 {"$lte": [moved, window_from]},
                 {"$slice": [resident, {"$subtract": [window_from, moved]}, {"$max": [1, {"$size": resident}]}]},
-                None,
+                resident,
             ]
         }
+        # When the window reaches moved messages: the descriptors of the buckets holding them.
+        agent_fields["buckets"] = {"$cond": [{"$lte": [moved, window_from]}, None, "$$agent.v.overflow"]}
     return [
         {"$match": {"_id": session_id}},
         {

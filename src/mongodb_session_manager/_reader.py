@@ -90,20 +90,8 @@ class Reader:
         stored = documents[0].get("agent")
         if not isinstance(stored, dict):
             return {}, []
-        entries: list[dict[str, Any]] = []
         descriptors = checked_descriptors(stored.get("overflow"), session_id, agent_id)
-        if descriptors:
-            with self.store.errors(session_id, "read moved messages"):
-                pipeline = buckets_pipeline([d["id"] for d in descriptors], offset, limit, fields)
-                buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline)}
-            for descriptor in sorted(descriptors, key=lambda d: d["first"]):
-                bucket = buckets.get(descriptor["id"])
-                if bucket is None:
-                    raise BucketGone(
-                        f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages from message_id "
-                        f"{descriptor['first']} are missing from {self.store.overflow.name}"
-                    )
-                entries.extend(bucket.get("messages") or [])
+        entries = self.moved_entries(session_id, agent_id, descriptors, offset, limit, fields)
         entries.extend(stored.get("messages") or [])
         count = stored.get("message_count")
         if not isinstance(count, int) or count < 0:
@@ -118,6 +106,39 @@ class Reader:
                 f"{count} messages, but {len(entries)} of the {expected} from message_id {offset} are stored"
             )
         return {"message_count": count}, entries
+
+    def moved_entries(
+        self,
+        session_id: str,
+        agent_id: str,
+        descriptors: list[dict[str, Any]],
+        offset: int,
+        limit: int | None,
+        fields: Sequence[str] | None = None,
+    ) -> list[dict[str, Any]]:
+        """The entries of ``[offset, offset + limit)`` held by the buckets ``descriptors`` name (checked
+        descriptors; those outside the range are skipped), in one command (none if no bucket is in range).
+
+        Raises:
+            BucketGone: A bucket was not found (replaced by a merge meanwhile, or lost).
+        """
+        end = None if limit is None else offset + limit
+        wanted = [d for d in descriptors if d["first"] + d["count"] > offset and (end is None or d["first"] < end)]
+        entries: list[dict[str, Any]] = []
+        if not wanted:
+            return entries
+        with self.store.errors(session_id, "read moved messages"):
+            pipeline = buckets_pipeline([d["id"] for d in wanted], offset, limit, fields)
+            buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline)}
+        for descriptor in sorted(wanted, key=lambda d: d["first"]):
+            bucket = buckets.get(descriptor["id"])
+            if bucket is None:
+                raise BucketGone(
+                    f"session_id=<{session_id}>, agent_id=<{agent_id}> | moved messages from message_id "
+                    f"{descriptor['first']} are missing from {self.store.overflow.name}"
+                )
+            entries.extend(bucket.get("messages") or [])
+        return entries
 
     def decode_entries(self, session_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Give stored message entries back as they were written: values unescaped, offloaded binaries

@@ -53,10 +53,10 @@ from ._documents import (
 from ._extensions import DEFAULT_REPAIR_GRACE, RepositoryExtensions
 from ._extensions import extra_fields as checked_extra_fields
 from ._indexes import ensure_session_indexes
-from ._overflow import BlobRef, companions_expiry
+from ._overflow import BlobRef, checked_descriptors, companions_expiry
 from ._overflow_io import Collected, OverflowIO
 from ._pipelines import session_projection, snapshot_pipeline
-from ._reader import Reader
+from ._reader import BucketGone, Reader
 from ._store import ARRAY_ENTRY, ATTEMPTS, ESTIMATE_FIELD, SessionStore, Write
 from ._validation import (
     bounded_int,
@@ -339,17 +339,35 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         for stored in (document.get("agents") or {}).values():
             agent = document_to_agent(stored, session_id)
             agents[agent.agent_id] = agent
-            window, first, count = stored.get("window"), stored.get("window_from"), stored.get("message_count")
-            if not isinstance(window, list) or not isinstance(first, int) or not isinstance(count, int):
+            entries = self._snapshot_window(session_id, agent.agent_id, stored)
+            if entries is None:
                 continue
-            if len(window) != max(0, count - first):
-                continue  # not what the counter says: let list_messages read (and report) it
-            entries = self._reader.decode_entries(session_id, window) if window else []
+            first = stored["window_from"]
             resident[agent.agent_id] = (
                 first,
                 [entry_to_message(entry, session_id, agent.agent_id, first + i) for i, entry in enumerate(entries)],
             )
         return document_to_session(document), agents, resident
+
+    def _snapshot_window(self, session_id: str, agent_id: str, stored: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """An agent's window from the restore snapshot, its moved part read from the buckets (one command)
+        and binaries put back; ``None`` when it cannot be served from there (then ``list_messages`` reads it)."""
+        window, first, count, moved = (stored.get(name) for name in ("window", "window_from", "message_count", "moved"))
+        if not isinstance(first, int) or not isinstance(count, int) or not isinstance(moved, int):
+            return None
+        if not isinstance(window, list):
+            return None
+        entries: list[dict[str, Any]] = []
+        if moved > first:
+            descriptors = checked_descriptors(stored.get("buckets"), session_id, agent_id)
+            try:
+                entries = self._reader.moved_entries(session_id, agent_id, descriptors, first, moved - first)
+            except BucketGone:  # replaced by a merge since the snapshot: list_messages reads again
+                return None
+        entries.extend(window)
+        if len(entries) != max(0, count - first):
+            return None  # not what the counter says: let list_messages read (and report) it
+        return self._reader.decode_entries(session_id, entries) if entries else []
 
     def delete_session(self, session_id: str, **kwargs: Any) -> None:
         """Delete a session with all its agents, messages and multi-agent state.

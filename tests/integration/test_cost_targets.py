@@ -335,3 +335,28 @@ def test_a_cold_start_costs_at_most_one_command_more_than_a_warm_manager(mongodb
     cold, warm = json.loads(result.stdout.strip().splitlines()[-1])
     assert cold == ["createIndexes", "aggregate"]
     assert warm == ["aggregate"]
+
+
+def test_a_trim_that_cannot_be_played_ahead_is_saved_by_strands_own_sync(
+    wire_and_client: tuple[Wire, MongoClient[dict[str, Any]]], database_name: str
+) -> None:
+    """With a pinned message (pin_first) the trim is not played ahead: the turn stores the new window
+    position in a third update, as Strands does, and the stored state is still the agent's."""
+    wire, client = wire_and_client
+    repo = MongoDBSessionRepository(client=client, database_name=database_name)
+    _store_conversation(repo, "pinned", WINDOW, 100)
+    manager = MongoDBSessionManager("pinned", client=client, database_name=database_name)
+    agent = Agent(
+        model=ScriptedModel([text("ok")]),
+        session_manager=manager,
+        conversation_manager=SlidingWindowConversationManager(window_size=WINDOW, pin_first=1),
+        callback_handler=None,
+    )
+    wire.reset()
+
+    agent("one more")
+
+    assert wire.names == ["update", "update", "update"]
+    stored = repo.read_agent("pinned", "default")
+    assert stored is not None
+    assert stored.conversation_manager_state == agent.conversation_manager.get_state()

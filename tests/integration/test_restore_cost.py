@@ -148,8 +148,8 @@ def test_a_turn_writes_once_per_message_and_reads_nothing(
 def test_restore_whose_window_reaches_moved_messages_costs_two_commands(
     log_and_client: tuple[CommandLog, MongoClient[dict[str, Any]]], database_name: str
 ) -> None:
-    """A window partly outside the session document: the one aggregate finds it is not all resident
-    and the restore lists it (resident part and buckets) with one more command on each side."""
+    """A window partly outside the session document: the one aggregate returns its resident part and
+    the descriptors of the buckets holding the rest, which one more aggregate reads (its part only)."""
     log, client = log_and_client
     repo = MongoDBSessionRepository(client=client, database_name=database_name)
     _store_conversation(repo, "moved", 200)
@@ -166,7 +166,7 @@ def test_restore_whose_window_reaches_moved_messages_costs_two_commands(
         callback_handler=None,
     )
 
-    assert log.commands == ["aggregate", "aggregate", "aggregate"]  # snapshot, then session + buckets
+    assert log.commands == ["aggregate", "aggregate"]  # the session, then the window's part of the buckets
     assert [m["content"][0]["text"][:6] for m in agent.messages] == [f"{i:06d}" for i in range(180, 200)]
 
 

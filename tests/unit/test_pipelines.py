@@ -96,3 +96,42 @@ def test_the_references_read_maps_entries_explicitly() -> None:
     # The test server does not follow a path through an array inside an expression.
     text = json.dumps(references_pipeline("s"))
     assert "$$agent.v.messages.blobs" not in text and '"$$entry.blobs"' in text
+
+
+def test_the_trimmed_history_condition_is_a_plain_field_of_the_agent() -> None:
+    from mongodb_session_manager._overflow import MOVE_BATCH
+    from mongodb_session_manager._store import _moved_at_least
+
+    # Fewer than MOVE_BATCH trimmed messages in all: nothing to require.
+    assert _moved_at_least(("a", MOVE_BATCH - 1)) is None
+    assert _moved_at_least(None) is None
+    # Otherwise fewer than MOVE_BATCH of them may stay resident.
+    assert _moved_at_least(("a", MOVE_BATCH)) == ("a", 1)
+    assert _moved_at_least(("a", 100)) == ("a", 100 - MOVE_BATCH + 1)
+    conditions = guard_conditions(None, None, None, ("a%2Eb", 85))
+    assert conditions["agents.a%2Eb.overflow_count"] == {"$gte": 85}
+    assert not any(key.startswith("$") for key in conditions)
+    assert guard_conditions(None, None, None, ("a", 0)) == guard_conditions(None, None, None)
+
+
+def test_the_restore_snapshot_reads_windows_only_when_asked() -> None:
+    from mongodb_session_manager._pipelines import snapshot_pipeline
+
+    plain = str(snapshot_pipeline("s"))
+    assert "window" not in plain and "messages" not in plain  # the CLI and migration read no messages
+    windows = str(snapshot_pipeline("s", windows=True))
+    assert "removed_message_count" in windows and "$slice" in windows and "overflow_count" in windows
+
+
+def test_trimmed_messages_due_to_move_follow_the_stored_window() -> None:
+    from mongodb_session_manager._overflow_io import _trimmed_due
+
+    agents = [
+        {"k": "a", "moved": 10, "removed": 40, "sizes": [100] * 35},  # 30 trimmed still resident
+        {"k": "b", "moved": 0, "removed": None, "sizes": [100] * 5},  # a manager that does not count
+        {"k": "c", "moved": 50, "removed": 40, "sizes": [100] * 5},  # moved further already
+        {"k": "d", "moved": 0, "removed": True, "sizes": [100] * 5},  # not a count
+    ]
+    assert _trimmed_due(agents, None) == {"a": 30}
+    assert _trimmed_due(agents, {"a": 20, "b": 3}) == {"a": 10, "b": 3}
+    assert _trimmed_due([{"k": "a", "moved": 0, "removed": 400, "sizes": [1] * 20}], None) == {"a": 20}
