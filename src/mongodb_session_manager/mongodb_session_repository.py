@@ -35,6 +35,7 @@ from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
 from ._codec import MAX_MESSAGE_BYTES, decode_value, encode_entry, encode_value, same_message
+from ._consistency import session_option
 from ._documents import (
     AGENT_FIELDS,
     agent_to_fields,
@@ -301,8 +302,11 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         document = session_to_document(session, self.tenant_id)
         document["size_estimate"] = len(bson.encode(document)) + ESTIMATE_FIELD
         exists = f"session_id=<{session_id}> | session already exists"
-        with self._store.errors(session_id, "create session", "session", on_duplicate=exists):
-            self.collection.insert_one(document)
+        with (
+            self._store.causal(session_id) as causal,
+            self._store.errors(session_id, "create session", "session", on_duplicate=exists),
+        ):
+            self.collection.insert_one(document, **session_option(causal))
         logger.debug("session_id=<%s> | session created", session_id)
         return session
 
