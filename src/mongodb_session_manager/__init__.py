@@ -4,6 +4,7 @@ One MongoDB document per session, agents embedded, each agent's messages an orde
 process-wide connection pool; and a session manager that adds metrics, metadata and feedback.
 """
 
+from ._indexes import SHARD_KEYS, shard_collection_commands
 from ._version import __version__
 from .errors import (
     AWSHooksUnavailableError,
@@ -36,6 +37,7 @@ from .storage import MongoDBStorage, migrate_sessions
 
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
+    "SHARD_KEYS",
     "AWSHooksUnavailableError",
     "FeedbackSNSHook",
     "MetadataSQSHook",
@@ -61,4 +63,5 @@ __all__ = [
     "is_feedback_sns_hook_available",
     "is_metadata_sqs_hook_available",
     "migrate_sessions",
+    "shard_collection_commands",
 ]

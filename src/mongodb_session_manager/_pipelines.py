@@ -87,11 +87,11 @@ def feedback_pipeline(rating: Any, comment: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ reads
 
 
-def storage_state_pipeline(session_id: str, agent_key: str | None = None) -> list[dict[str, Any]]:
+def storage_state_pipeline(key: Any, agent_key: str | None = None) -> list[dict[str, Any]]:
     """The document's size (``$bsonSize``), size estimate and overflow expiry fields (and, with
     ``agent_key``, how many of that agent's messages moved out: ``moved``)."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {"$project": {**storage_state_fields(agent_key), "size": {"$bsonSize": "$$ROOT"}}},
     ]
 
@@ -107,10 +107,10 @@ def storage_state_fields(agent_key: str | None) -> dict[str, Any]:
     return {**STORAGE_STATE_FIELDS, f"agents.{agent_key}.overflow_count": 1}
 
 
-def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
+def message_layout_pipeline(key: Any) -> list[dict[str, Any]]:
     """The document's size, size estimate, unfinished overflow writes, and each agent's resident message sizes."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,
@@ -141,7 +141,7 @@ def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def snapshot_pipeline(session_id: str, windows: bool = False) -> list[dict[str, Any]]:
+def snapshot_pipeline(key: Any, windows: bool = False) -> list[dict[str, Any]]:
     """The session and every agent's state (no messages); with ``windows``, each agent's resident
     window too: what a restore reads.
 
@@ -170,7 +170,7 @@ def snapshot_pipeline(session_id: str, windows: bool = False) -> list[dict[str, 
         # When the window reaches moved messages: the descriptors of the buckets holding them.
         agent_fields["buckets"] = {"$cond": [{"$lte": [moved, window_from]}, None, "$$agent.v.overflow"]}
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "session_id": 1,
@@ -205,7 +205,7 @@ def _only(entries: Any, fields: Sequence[str] | None) -> Any:
 
 
 def messages_pipeline(
-    session_id: str, agent_key: str, offset: int, limit: int | None, fields: Sequence[str] | None = None
+    key: Any, agent_key: str, offset: int, limit: int | None, fields: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """One agent's resident entries in ``[offset, offset + limit)`` and the descriptors of the buckets
     that hold the rest of the range.
@@ -215,6 +215,7 @@ def messages_pipeline(
     "overflow_count", "messages", "overflow"}}``; no document for a missing session.
 
     Args:
+        key: The session's key (``SessionStore.key``).
         agent_key: The agent's field name (``encode_field_name(agent_id)``).
         fields: Entry fields to return (all when ``None``).
     """
@@ -236,7 +237,7 @@ def messages_pipeline(
         ),
     }
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,
@@ -264,13 +265,14 @@ def messages_pipeline(
 
 
 def buckets_pipeline(
-    bucket_ids: Sequence[Any], offset: int, limit: int | None, fields: Sequence[str] | None = None
+    key: Any, bucket_ids: Sequence[Any], offset: int, limit: int | None, fields: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
-    """The named buckets, each sliced on the server to its part of ``[offset, offset + limit)``."""
+    """The named buckets of the session ``key``, each sliced on the server to its part of
+    ``[offset, offset + limit)``."""
     take: Any = SLICE_ALL if limit is None else {"$subtract": [offset + limit, {"$max": ["$first", offset]}]}
     sliced = {"$slice": ["$messages", {"$max": [0, {"$subtract": [offset, "$first"]}]}, take]}
     return [
-        {"$match": {"_id": {"$in": list(bucket_ids)}}},
+        {"$match": {"session_id": key, "_id": {"$in": list(bucket_ids)}}},
         {"$project": {"first": 1, "messages": _only(sliced, fields)}},
     ]
 
@@ -300,12 +302,12 @@ def resident_messages(agent_key: str) -> dict[str, Any]:
     return {"$getField": {"field": "messages", "input": {"$getField": {"field": agent_key, "input": "$agents"}}}}
 
 
-def references_pipeline(session_id: str) -> list[dict[str, Any]]:
+def references_pipeline(key: Any) -> list[dict[str, Any]]:
     """What refers to a session's overflow documents: unfinished writes, each agent's descriptors and
     the binary references of its resident messages (an explicit ``$map``: the test server does not
     follow a path through an array inside an expression)."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,

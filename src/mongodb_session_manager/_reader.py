@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from bson.objectid import ObjectId
 
 from ._codec import decode_value
+from ._consistency import session_option
 from ._documents import encode_field_name
 from ._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
 from ._pipelines import buckets_pipeline, messages_pipeline
@@ -83,7 +84,7 @@ class Reader:
     def _read_once(
         self, session_id: str, agent_id: str, offset: int, limit: int | None, fields: Sequence[str] | None
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        pipeline = messages_pipeline(session_id, encode_field_name(agent_id), offset, limit, fields)
+        pipeline = messages_pipeline(self.store.key(session_id), encode_field_name(agent_id), offset, limit, fields)
         documents = self.store.aggregate(session_id, pipeline, "read messages")
         if not documents:
             return None, []
@@ -127,9 +128,9 @@ class Reader:
         entries: list[dict[str, Any]] = []
         if not wanted:
             return entries
-        with self.store.errors(session_id, "read moved messages"):
-            pipeline = buckets_pipeline([d["id"] for d in wanted], offset, limit, fields)
-            buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline)}
+        with self.store.causal(session_id) as session, self.store.errors(session_id, "read moved messages"):
+            pipeline = buckets_pipeline(self.store.key(session_id), [d["id"] for d in wanted], offset, limit, fields)
+            buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline, **session_option(session))}
         for descriptor in sorted(wanted, key=lambda d: d["first"]):
             bucket = buckets.get(descriptor["id"])
             if bucket is None:
@@ -152,8 +153,9 @@ class Reader:
             plain: list[dict[str, Any]] = decode_value(entries)
             return plain
         chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
-        with self.store.errors(session_id, "read binary content"):
-            documents = list(self.store.overflow.find({"_id": {"$in": chunk_ids}}, {"data": 1}))
+        query = {"_id": {"$in": chunk_ids}, **self.store.owned(session_id)}
+        with self.store.causal(session_id) as session, self.store.errors(session_id, "read binary content"):
+            documents = list(self.store.overflow.find(query, {"data": 1}, **session_option(session)))
         chunks: dict[tuple[ObjectId, int], bytes] = {}
         for doc in documents:
             key, data = chunk_of(doc)

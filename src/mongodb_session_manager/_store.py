@@ -32,9 +32,11 @@ from typing import Any, Protocol
 
 import bson
 from pymongo import MongoClient, ReturnDocument
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
-from ._documents import aware, session_missing, utc_now
+from ._consistency import Causality, session_option
+from ._documents import aware, session_key, session_missing, utc_now
 from ._indexes import ExpiryView, read_activity_ttl
 from ._overflow import MOVE_BATCH, companions_deadline, companions_expiry
 from ._pipelines import guard_conditions, storage_state_fields, storage_state_pipeline, with_growth
@@ -155,6 +157,9 @@ class SessionStore:
         overflow: The overflow collection.
         threshold: ``overflow_threshold_bytes``.
         expiry: The TTL in force on the collection, as this process knows it.
+        tenant_id: The tenant every session of this store belongs to (``None``: no tenant). It is
+            part of every key (see :meth:`key`), so no command of this store can reach another
+            tenant's documents.
     """
 
     def __init__(
@@ -164,13 +169,37 @@ class SessionStore:
         overflow: Collection[dict[str, Any]],
         threshold: int,
         expiry: ExpiryView,
+        tenant_id: str | None = None,
     ) -> None:
         self.client = client
+        self.tenant_id = tenant_id
         self.collection = collection
         self.overflow = overflow
         self.threshold = threshold
         self.expiry = expiry
+        self.causality = Causality(client, collection)
         self.remedies: Remedies  # set by OverflowIO(store)
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, session_id: str) -> Any:
+        """The session's ``_id`` (and its overflow documents' ``session_id``): every filter on a session
+        or its overflow documents is built from this, never inline (it is also the shard key)."""
+        return session_key(session_id, self.tenant_id)
+
+    def owned(self, session_id: str) -> dict[str, Any]:
+        """The filter condition selecting a session's overflow documents (equality on the shard key)."""
+        return {"session_id": self.key(session_id)}
+
+    def scope(self) -> dict[str, Any]:
+        """The filter condition selecting this store's sessions among all (listing, TTL migration)."""
+        return {"tenant": self.tenant_id if self.tenant_id is not None else {"$exists": False}}
+
+    def causal(self, session_id: str) -> AbstractContextManager[ClientSession | None]:
+        """The causally consistent ``ClientSession`` of one operation on the session, chained to its last
+        write, when reads may go to a secondary; ``None`` (no session) with primary reads (see
+        :mod:`._consistency`). Every command of the operation passes it (``session_option``)."""
+        return self.causality.session(self.key(session_id))
 
     # ------------------------------------------------------------------ errors and reads
 
@@ -204,14 +233,14 @@ class SessionStore:
         self, session_id: str, query: dict[str, Any], projection: dict[str, Any], operation: str
     ) -> dict[str, Any] | None:
         """``find_one`` on the sessions collection, errors translated."""
-        with self.errors(session_id, operation):
-            document: dict[str, Any] | None = self.collection.find_one(query, projection)
+        with self.causal(session_id) as session, self.errors(session_id, operation):
+            document: dict[str, Any] | None = self.collection.find_one(query, projection, **session_option(session))
         return document
 
     def aggregate(self, session_id: str, pipeline: list[dict[str, Any]], operation: str) -> list[dict[str, Any]]:
         """``aggregate`` on the sessions collection, errors translated."""
-        with self.errors(session_id, operation):
-            return list(self.collection.aggregate(pipeline))
+        with self.causal(session_id) as session, self.errors(session_id, operation):
+            return list(self.collection.aggregate(pipeline, **session_option(session)))
 
     # ------------------------------------------------------------------ expiry
 
@@ -299,9 +328,11 @@ class SessionStore:
     def _send(
         self, session_id: str, filter_: dict[str, Any], update: Any, write: Write, grows_by: int
     ) -> tuple[bool, dict[str, Any] | None]:
-        with self.errors(session_id, write.operation, write.field, grows_by):
+        with self.causal(session_id) as session, self.errors(session_id, write.operation, write.field, grows_by):
             if write.returning is None:
-                result = self.collection.update_one(filter_, update, array_filters=write.array_filters)
+                result = self.collection.update_one(
+                    filter_, update, array_filters=write.array_filters, **session_option(session)
+                )
                 return result.matched_count > 0, None
             document: dict[str, Any] | None = self.collection.find_one_and_update(
                 filter_,
@@ -309,6 +340,7 @@ class SessionStore:
                 projection=write.returning,
                 array_filters=write.array_filters,
                 return_document=ReturnDocument.BEFORE if write.before else ReturnDocument.AFTER,
+                **session_option(session),
             )
             return document is not None, document
 
@@ -363,12 +395,12 @@ class SessionStore:
         """The document's size estimate and overflow expiry; with ``measure``, its size too (one small
         aggregate; otherwise a find of a few fields); with ``agent_key``, that agent's ``overflow_count``."""
         if measure:
-            pipeline = storage_state_pipeline(session_id, agent_key)
+            pipeline = storage_state_pipeline(self.key(session_id), agent_key)
             documents = self.aggregate(session_id, pipeline, "read session size")
             document = documents[0] if documents else None
         else:
             fields = storage_state_fields(agent_key)
-            document = self.find_one(session_id, {"_id": session_id}, fields, "read session size")
+            document = self.find_one(session_id, {"_id": self.key(session_id)}, fields, "read session size")
         if document is None:
             return None
         moved = ((document.get("agents") or {}).get(agent_key) or {}).get("overflow_count") if agent_key else 0
@@ -383,4 +415,6 @@ class SessionStore:
     def correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:
         """Bring ``size_estimate`` down to the measured size (writes since the measure keep their share)."""
         with self.errors(session_id, "correct size estimate"):
-            self.collection.update_one({"_id": session_id}, {"$inc": {"size_estimate": size - (estimate or 0)}})
+            self.collection.update_one(
+                {"_id": self.key(session_id)}, {"$inc": {"size_estimate": size - (estimate or 0)}}
+            )

@@ -35,6 +35,7 @@ from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
 from ._codec import MAX_MESSAGE_BYTES, decode_value, encode_entry, encode_value, same_message
+from ._consistency import session_option
 from ._documents import (
     AGENT_FIELDS,
     agent_to_fields,
@@ -66,6 +67,7 @@ from ._validation import (
     validate_id,
     validate_message_id,
     validate_page,
+    validate_tenant_id,
 )
 from .errors import (
     MAX_DOCUMENT_SIZE,
@@ -94,9 +96,9 @@ __all__ = [
 
 DEFAULT_DATABASE_NAME = "strands_sessions"
 DEFAULT_COLLECTION_NAME = "sessions"
-#: Repository arguments that shape storage outside the session document; the manager and the
-#: factory accept them too and pass them on.
-STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name")
+#: Repository arguments that shape storage (outside the session document; the tenant scope); the
+#: manager and the factory accept them too and pass them on.
+STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name", "tenant_id")
 #: Binary values larger than this many bytes are stored outside the session document by default.
 DEFAULT_BINARY_OFFLOAD_BYTES = 64 * 1024
 #: Session document size at which the oldest messages start moving out, by default.
@@ -131,6 +133,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             manager no longer holds move out too, in batches, whatever the size. Default 128 KiB
             (16 KiB to 12 MiB).
         overflow_collection_name: The companion collection; default ``"<collection_name>_overflow"``.
+        tenant_id: Optional tenant (application) scope: part of every session's key and of every
+            query, so repositories of two tenants sharing collections never see each other's
+            sessions, even with equal session ids. ``None`` (the default): no tenant.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
     If neither ``client`` nor ``connection_string`` is given, the client of an initialised
@@ -153,9 +158,11 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         binary_offload_bytes: int = DEFAULT_BINARY_OFFLOAD_BYTES,
         overflow_threshold_bytes: int = DEFAULT_OVERFLOW_THRESHOLD_BYTES,
         overflow_collection_name: str | None = None,
+        tenant_id: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the repository; see the class docstring for the arguments."""
+        self.tenant_id = validate_tenant_id(tenant_id)
         self.session_ttl_seconds = ttl_seconds(session_ttl)
         self.binary_offload_bytes = bounded_int(
             binary_offload_bytes, "binary_offload_bytes", 1, MAX_MESSAGE_BYTES, DEFAULT_BINARY_OFFLOAD_BYTES
@@ -185,7 +192,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             expiry = ensure_session_indexes(
                 collection, overflow, self.session_ttl_seconds, lambda ttl: companions_expiry(ttl, utc_now())
             )
-            self._store = SessionStore(self._client, collection, overflow, self.overflow_threshold_bytes, expiry)
+            self._store = SessionStore(
+                self._client, collection, overflow, self.overflow_threshold_bytes, expiry, self.tenant_id
+            )
             self._overflow = OverflowIO(self._store)
             self._reader = Reader(self._store)
         except BaseException:
@@ -271,8 +280,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
     def __repr__(self) -> str:
         return (
             f"MongoDBSessionRepository(database_name={self.database_name!r}, "
-            f"collection_name={self.collection_name!r}, owns_client={self.owns_client})"
+            f"collection_name={self.collection_name!r}, tenant_id={self.tenant_id!r}, owns_client={self.owns_client})"
         )
+
+    def session_key(self, session_id: str) -> Any:
+        """The ``_id`` of a session's document under this repository's tenant (the session id itself
+        without a tenant): for code that reads the documented layout directly."""
+        return self._store.key(validate_id(session_id, "session_id"))
 
     def ensure_indexes(self) -> None:
         """Create the collection's indexes, once per collection per process (done when built)."""
@@ -289,18 +303,23 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             SessionConflictError: A session with this id already exists.
         """
         session_id = validate_id(session.session_id, "session_id")
-        document = session_to_document(session)
+        document = session_to_document(session, self.tenant_id)
         document["size_estimate"] = len(bson.encode(document)) + ESTIMATE_FIELD
         exists = f"session_id=<{session_id}> | session already exists"
-        with self._store.errors(session_id, "create session", "session", on_duplicate=exists):
-            self.collection.insert_one(document)
+        with (
+            self._store.causal(session_id) as causal,
+            self._store.errors(session_id, "create session", "session", on_duplicate=exists),
+        ):
+            self.collection.insert_one(document, **session_option(causal))
         logger.debug("session_id=<%s> | session created", session_id)
         return session
 
     def read_session(self, session_id: str, **kwargs: Any) -> Session | None:
         """Read a session (without its agents, messages, metadata or feedback)."""
         validate_id(session_id, "session_id")
-        document = self._store.find_one(session_id, {"_id": session_id}, session_projection(), "read session")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, session_projection(), "read session"
+        )
         return document_to_session(document) if document is not None else None
 
     def read_session_snapshot(self, session_id: str) -> tuple[Session, dict[str, SessionAgent]] | None:
@@ -329,7 +348,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             exist.
         """
         validate_id(session_id, "session_id")
-        pipeline = snapshot_pipeline(session_id, windows=windows)
+        pipeline = snapshot_pipeline(self._store.key(session_id), windows=windows)
         documents = self._store.aggregate(session_id, pipeline, "read session")
         if not documents:
             return None
@@ -380,11 +399,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         """
         validate_id(session_id, "session_id")
         with self._store.errors(session_id, "delete session"):
-            deleted = self.collection.find_one_and_delete({"_id": session_id}, projection={"companions": 1})
+            deleted = self.collection.find_one_and_delete(
+                {"_id": self._store.key(session_id)}, projection={"companions": 1}
+            )
             if deleted is None:
                 raise session_missing(session_id)
             if deleted.get("companions"):
-                removed = self.overflow.delete_many({"session_id": session_id}).deleted_count
+                removed = self.overflow.delete_many(self._store.owned(session_id)).deleted_count
                 logger.debug("session_id=<%s>, documents=<%d> | overflow storage deleted", session_id, removed)
         logger.debug("session_id=<%s> | session deleted", session_id)
 
@@ -407,7 +428,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         matched, _ = self._store.write(
             session_id,
             Write(
-                {"_id": session_id, path: {"$exists": False}},
+                {"_id": self._store.key(session_id), path: {"$exists": False}},
                 {"$set": {path: new_agent, "updated_date": utc_now()}},
                 "create agent",
                 "session_agent",
@@ -420,7 +441,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             matched, _ = self._store.write(
                 session_id,
                 Write(
-                    {"_id": session_id},
+                    {"_id": self._store.key(session_id)},
                     {"$set": {**changes, "updated_date": utc_now()}},
                     "create agent",
                     "session_agent",
@@ -437,7 +458,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(agent_id, "agent_id")
         path = f"agents.{encode_field_name(agent_id)}"
         projection = {f"{path}.{name}": 1 for name in AGENT_FIELDS}
-        stored = dig(self._store.find_one(session_id, {"_id": session_id}, projection, "read agent"), path)
+        stored = dig(
+            self._store.find_one(session_id, {"_id": self._store.key(session_id)}, projection, "read agent"), path
+        )
         return document_to_agent(stored, session_id) if stored else None
 
     def update_agent(
@@ -469,7 +492,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         changes: dict[str, Any] = {f"{path}.{name}": value for name, value in values.items()}
         changes["updated_date"] = utc_now()
         write = Write(
-            {"_id": session_id, path: {"$exists": True}},
+            {"_id": self._store.key(session_id), path: {"$exists": True}},
             {"$set": changes},
             "update agent",
             "session_agent",
@@ -540,7 +563,16 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             try:
                 matched, _ = self._store.write(
                     session_id,
-                    _append(session_id, agent_id, entry, size, op, self.overflow_threshold_bytes, state, trimmed),
+                    _append(
+                        self._store.key(session_id),
+                        agent_id,
+                        entry,
+                        size,
+                        op,
+                        self.overflow_threshold_bytes,
+                        state,
+                        trimmed,
+                    ),
                 )
                 stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, entry)
             except (SessionConflictError, SessionNotFoundError, SessionValidationError):
@@ -578,7 +610,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             SessionConflictError: Another writer's message is at ``message_id``, or a hole would open.
         """
         path = f"agents.{encode_field_name(agent_id)}"
-        document = self._store.find_one(session_id, {"_id": session_id}, {f"{path}.message_count": 1}, "append message")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {f"{path}.message_count": 1}, "append message"
+        )
         stored = dig(document, path)
         if stored is None:
             raise missing_agent(session_id, agent_id, document)
@@ -706,7 +740,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         record = {"id": multi_agent_id, "state": state, "created_at": now, "updated_at": now}
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         write = Write(
-            {"_id": session_id},
+            {"_id": self._store.key(session_id)},
             {"$set": {path: record, "updated_date": utc_now()}},
             "create multi-agent",
             "multi_agent_state",
@@ -722,7 +756,10 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(multi_agent_id, "multi_agent_id")
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         stored = dig(
-            self._store.find_one(session_id, {"_id": session_id}, {f"{path}.state": 1}, "read multi-agent"), path
+            self._store.find_one(
+                session_id, {"_id": self._store.key(session_id)}, {f"{path}.state": 1}, "read multi-agent"
+            ),
+            path,
         )
         return decode_value(stored.get("state")) if stored else None
 
@@ -741,7 +778,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "updated_date": utc_now(),
         }
         write = Write(
-            {"_id": session_id, path: {"$exists": True}},
+            {"_id": self._store.key(session_id), path: {"$exists": True}},
             {"$set": changes},
             "update multi-agent",
             "multi_agent_state",
@@ -769,7 +806,7 @@ def _agent_changes(agent_fields: Mapping[str, Any] | None) -> tuple[dict[str, An
 
 
 def _append(
-    session_id: str,
+    session_key: Any,
     agent_id: str,
     entry: dict[str, Any],
     size: int,
@@ -778,11 +815,12 @@ def _append(
     state: tuple[dict[str, Any], int] = ({}, 0),
     trimmed: int | None = None,
 ) -> Write:
-    """The append of ``entry`` (``size`` bytes encoded): guarded by the agent's counter, committing ``op``,
-    setting the agent fields ``state`` (encoded, and their size) in the same update."""
+    """The append of ``entry`` (``size`` bytes encoded) to the session ``session_key``: guarded by the
+    agent's counter, committing ``op``, setting the agent fields ``state`` (encoded, and their size) in
+    the same update."""
     key = encode_field_name(agent_id)
     path = f"agents.{key}"
-    query: dict[str, Any] = {"_id": session_id, f"{path}.message_count": entry["message_id"]}
+    query: dict[str, Any] = {"_id": session_key, f"{path}.message_count": entry["message_id"]}
     fields, fields_size = state
     update: dict[str, Any] = {
         "$push": {f"{path}.messages": entry},

@@ -19,7 +19,7 @@ The key collection (``<collection>``) holds one document per key::
 
 The chunk collection (``<collection>_chunks``) holds chunked values, ``CHUNK_BYTES`` per document::
 
-    {"_id": "<version hex>:000000", "data": <Binary>, "remove_at": <date>}   # remove_at only with a TTL
+    {"_id": "<version hex>:000000", "key": "<full key>", "data": <Binary>, "remove_at": <date>}   # remove_at: TTL only
 
 Every pending entry records its version's chunk count (``n``), so chunks are always fetched and
 deleted by exact ``_id`` (point lookups on any server), never by a range.
@@ -48,6 +48,8 @@ from strands.storage.search.keyword import STOP_WORDS, tokenize
 from strands.storage.storage import _normalize_key, _normalize_prefix
 from strands.types.exceptions import StorageError
 
+from .._validation import validate_id
+from ..errors import SessionValidationError
 from ._errors import StorageValidationError
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -177,7 +179,29 @@ def as_bytes(data: Any) -> bytes:
     raise StorageValidationError("data", f"must be bytes, got {type(data).__name__}")
 
 
-def key_range(prefix: str) -> dict[str, str]:
+#: What starts every key stored for a tenant: a backslash, which no key may hold (Strands refuses it).
+TENANT_MARK = "\\"
+
+
+def tenant_root(tenant_id: Any) -> str:
+    """The part of every stored key that scopes it to a tenant: ``\\<tenant_id>\\`` (``""`` for none).
+
+    Keys never hold a backslash, so no key of the storage without a tenant starts with one, and no
+    tenant's area is a prefix of another's (tenant ids hold none either).
+
+    Raises:
+        StorageValidationError: The tenant id is refused (the rules of session ids).
+    """
+    if tenant_id is None:
+        return ""
+    try:
+        validate_id(tenant_id, "tenant_id")
+    except SessionValidationError as e:
+        raise StorageValidationError("tenant_id", e.reason) from None
+    return f"{TENANT_MARK}{tenant_id}{TENANT_MARK}"
+
+
+def key_range(prefix: str) -> dict[str, Any]:
     """A filter on ``_id`` matching exactly the strings that start with ``prefix``.
 
     MongoDB compares strings by their UTF-8 bytes, which is code-point order (Python's), so the keys
@@ -187,7 +211,8 @@ def key_range(prefix: str) -> dict[str, str]:
     prefix matches every string ``_id``.
     """
     if not prefix:
-        return {"$gte": ""}
+        # Every key of the storage without a tenant: not the tenants' keys (see tenant_root).
+        return {"$gte": "", "$not": {"$gte": TENANT_MARK, "$lt": chr(ord(TENANT_MARK) + 1)}}
     chars = list(prefix)
     while chars:
         code = ord(chars[-1])
@@ -224,16 +249,17 @@ def chunk_range(version: ObjectId) -> dict[str, str]:
     return {"$gte": f"{version}:", "$lt": f"{version};"}
 
 
-def chunk_deletions(versions: Iterable[tuple[ObjectId, int | None]]) -> list[dict[str, Any]]:
-    """Filters deleting every chunk of these ``(version, chunk count)`` pairs (one ``delete`` command)."""
+def chunk_deletions(key: str, versions: Iterable[tuple[ObjectId, int | None]]) -> list[dict[str, Any]]:
+    """Filters deleting every chunk of these ``(version, chunk count)`` pairs of the full ``key`` (one
+    ``delete`` command; each filter names the key, the chunk collection's shard key)."""
     ids: list[str] = []
     filters: list[dict[str, Any]] = []
     for version, count in versions:
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             ids += chunk_ids(version, count)
         else:
-            filters.append({"_id": chunk_range(version)})
-    return ([{"_id": {"$in": ids}}] if ids else []) + filters
+            filters.append({"key": key, "_id": chunk_range(version)})
+    return ([{"key": key, "_id": {"$in": ids}}] if ids else []) + filters
 
 
 def split(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:
