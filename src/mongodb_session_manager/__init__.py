@@ -4,11 +4,13 @@ One MongoDB document per session, agents embedded, each agent's messages an orde
 process-wide connection pool; and a session manager that adds metrics, metadata and feedback.
 """
 
+from ._encryption import ClientSideEncryption, data_key_name
 from ._version import __version__
 from .errors import (
     AWSHooksUnavailableError,
     MongoDBSessionError,
     SessionConflictError,
+    SessionEncryptionError,
     SessionNotFoundError,
     SessionStorageError,
     SessionTooLargeError,
@@ -37,6 +39,7 @@ from .storage import MongoDBStorage, migrate_sessions
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
     "AWSHooksUnavailableError",
+    "ClientSideEncryption",
     "FeedbackSNSHook",
     "MetadataSQSHook",
     "MongoDBConnectionPool",
@@ -46,6 +49,7 @@ __all__ = [
     "MongoDBSessionRepository",
     "MongoDBStorage",
     "SessionConflictError",
+    "SessionEncryptionError",
     "SessionNotFoundError",
     "SessionStorageError",
     "SessionTooLargeError",
@@ -56,6 +60,7 @@ __all__ = [
     "create_feedback_sns_hook",
     "create_metadata_sqs_hook",
     "create_mongodb_session_manager",
+    "data_key_name",
     "get_global_factory",
     "initialize_global_factory",
     "is_feedback_sns_hook_available",
