@@ -75,7 +75,8 @@ KEY_FIELD = "encryption_key"
 KEY_FIELD_BYTES = 48
 #: Encrypted fields of an agent (its id and timestamps stay clear).
 ENCRYPTED_AGENT_FIELDS = ("state", "conversation_manager_state", "_internal_state")
-#: Encrypted fields of a message entry (``message_id``, timestamps, metrics and ``blobs`` stay clear).
+#: Encrypted fields of a message entry (``message_id``, timestamps, metrics and ``blobs`` stay clear,
+#: and a copy of the message's ``role`` is kept beside them as ``role``).
 ENCRYPTED_ENTRY_FIELDS = ("message", "redact_message")
 #: Key providers MongoDB's client-side encryption knows (``name`` or ``name:label``).
 _PROVIDERS = frozenset({"local", "aws", "azure", "gcp", "kmip"})
@@ -490,6 +491,9 @@ def seal_entry(
         new = BlobRef(ref.blob_id, len(sealed), hashlib.sha256(sealed).digest())
         swapped[bytes(ref.to_binary())] = new.to_binary()
         stored.append((new, sealed))
+    message = entry.get("message")
+    if isinstance(message, dict) and isinstance(message.get("role"), str):
+        entry["role"] = message["role"]  # stays readable beside the ciphertext (operators, listings)
     for name in ENCRYPTED_ENTRY_FIELDS:
         value = entry.get(name)
         if value is None:

@@ -124,3 +124,43 @@ def test_clear_entries_are_read_as_they_are() -> None:
     entry = {"message_id": 0, "message": {"role": "user"}, "redact_message": None}
     assert open_entry(None, "s", entry) == (entry, False)
     assert not is_ciphertext(b"x") and not is_ciphertext(Binary(b"x", 0)) and is_ciphertext(Binary(b"x", 6))
+
+
+class _FakeSealer:
+    """Stands in for a Sealer: "encrypts" by wrapping the BSON of the value in a subtype-6 Binary."""
+
+    def __init__(self) -> None:
+        self.sealed: list[Any] = []
+
+    def seal(self, value: Any) -> Binary:
+        import bson
+
+        self.sealed.append(value)
+        return Binary(b"\x02" + bytes(16) + bson.encode({"v": value}), 6)
+
+
+def test_seal_entry_encrypts_content_and_binaries_and_rewrites_references() -> None:
+    from mongodb_session_manager._codec import encode_entry
+    from mongodb_session_manager._encryption import seal_entry
+    from mongodb_session_manager._overflow import find_references
+
+    image = os.urandom(5000)
+    entry: dict[str, Any] = {
+        "message_id": 0,
+        "message": {"role": "user", "content": [{"image": {"source": {"bytes": image}}}, {"text": "secret"}]},
+        "redact_message": None,
+        "created_at": "2026-12-02T10:00:00+00:00",
+        "updated_at": "2026-12-02T10:00:00+00:00",
+    }
+    blobs, plain_size = encode_entry("s", entry, 1024, "append message")
+    sealer = _FakeSealer()
+    stored, size = seal_entry(sealer, "s", entry, blobs, "append message")  # type: ignore[arg-type]
+    assert sealer.sealed[0] == image  # the binary, whole
+    ((ref, data),) = stored
+    assert ref.blob_id == blobs[0][0].blob_id and data != image and len(data) == ref.length
+    assert is_ciphertext(entry["message"]) and entry["redact_message"] is None
+    assert entry["role"] == "user" and entry["message_id"] == 0
+    assert find_references([entry]) == [ref]  # the clear list names the stored ciphertext only
+    inner = sealer.sealed[1]["content"][0]["image"]["source"]["bytes"]
+    assert BlobRef.from_binary(inner) == ref  # and so does the reference inside the encrypted content
+    assert size > plain_size - len(b"secret")
