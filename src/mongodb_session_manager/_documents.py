@@ -3,11 +3,13 @@
 No I/O here: everything is tested without a server. Checking input is :mod:`._validation`'s job;
 encoding values (escapes, nesting, binaries) is :mod:`._codec`'s.
 
-Layout of one session document (``_id`` is the session id)::
+Layout of one session document (``_id`` is the session key: the session id, or with a tenant
+``{"tenant": <tenant_id>, "session": <session_id>}``, see :func:`session_key`)::
 
     {
-      "_id": "<session_id>",
+      "_id": "<session_id>",           # or {"tenant": "<tenant_id>", "session": "<session_id>"}
       "session_id": "<session_id>",
+      "tenant": "<tenant_id>",         # only with a tenant
       "session_type": "AGENT",
       "created_at": "<ISO string, exactly as Strands wrote it>",
       "updated_at": "<ISO string, exactly as Strands wrote it>",
@@ -84,6 +86,7 @@ __all__ = [
     "message_to_entry",
     "missing_agent",
     "parse_iso",
+    "session_key",
     "session_missing",
     "session_to_document",
     "utc_now",
@@ -140,13 +143,28 @@ def parse_iso(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def session_to_document(session: Session) -> dict[str, Any]:
-    """Build the initial document of a new session."""
+def session_key(session_id: str, tenant_id: str | None = None) -> Any:
+    """The key of a session: its ``_id``, and the ``session_id`` field of its overflow documents.
+
+    Without a tenant the key is the session id itself (what every earlier version stored); with one
+    it is ``{"tenant": tenant_id, "session": session_id}`` (always built here, so the field order,
+    which document equality depends on, never varies). Two tenants' sessions with equal ids are
+    therefore two documents, and no filter of one can match the other's.
+    """
+    if tenant_id is None:
+        return session_id
+    return {"tenant": tenant_id, "session": session_id}
+
+
+def session_to_document(session: Session, tenant_id: str | None = None) -> dict[str, Any]:
+    """Build the initial document of a new session (``tenant_id``: the tenant it belongs to)."""
     created = parse_iso(session.created_at)
     session_type = session.session_type
+    tenant = {} if tenant_id is None else {"tenant": tenant_id}
     return {
-        "_id": session.session_id,
+        "_id": session_key(session.session_id, tenant_id),
         "session_id": session.session_id,
+        **tenant,
         "session_type": session_type.value if isinstance(session_type, SessionType) else str(session_type),
         "created_at": session.created_at,
         "updated_at": session.updated_at,

@@ -141,7 +141,9 @@ class RepositoryExtensions:
             return
         changes: dict[str, Any] = {f"metadata.{key}": value for key, value in stored.items()}
         changes["updated_date"] = utc_now()
-        write = Write({"_id": session_id}, {"$set": changes}, "update metadata", "metadata", grows_by=stored.size)
+        write = Write(
+            {"_id": self._store.key(session_id)}, {"$set": changes}, "update metadata", "metadata", grows_by=stored.size
+        )
         if not self._store.write(session_id, write)[0]:
             raise session_missing(session_id)
         logger.debug("session_id=<%s>, keys=<%s> | metadata updated", session_id, sorted(metadata))
@@ -153,7 +155,9 @@ class RepositoryExtensions:
             SessionNotFoundError: The session does not exist.
         """
         validate_id(session_id, "session_id")
-        document = self._store.find_one(session_id, {"_id": session_id}, {"metadata": 1}, "read metadata")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {"metadata": 1}, "read metadata"
+        )
         if document is None:
             raise session_missing(session_id)
         metadata: dict[str, Any] = aware_all(decode_value(document.get("metadata") or {}))
@@ -171,7 +175,7 @@ class RepositoryExtensions:
         if not keys:
             return
         update = {"$unset": {f"metadata.{key}": "" for key in keys}, "$set": {"updated_date": utc_now()}}
-        if not self._store.write(session_id, Write({"_id": session_id}, update, "delete metadata"))[0]:
+        if not self._store.write(session_id, Write({"_id": self._store.key(session_id)}, update, "delete metadata"))[0]:
             raise session_missing(session_id)
         logger.debug("session_id=<%s>, keys=<%s> | metadata deleted", session_id, keys)
 
@@ -194,7 +198,7 @@ class RepositoryExtensions:
         validate_id(session_id, "session_id")
         entry = validate_feedback(feedback)
         write = Write(
-            {"_id": session_id},
+            {"_id": self._store.key(session_id)},
             feedback_pipeline(entry["rating"], entry["comment"]),
             "add feedback",
             "feedback",
@@ -214,7 +218,9 @@ class RepositoryExtensions:
             SessionNotFoundError: The session does not exist.
         """
         validate_id(session_id, "session_id")
-        document = self._store.find_one(session_id, {"_id": session_id}, {"feedbacks": 1}, "read feedback")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {"feedbacks": 1}, "read feedback"
+        )
         if document is None:
             raise session_missing(session_id)
         return [_feedback_entry(entry) for entry in document.get("feedbacks") or []]
@@ -239,16 +245,16 @@ class RepositoryExtensions:
             "metadata"}``; ``last_activity`` is the time of the last write to the session.
         """
         validate_listing_limit(limit)
-        query: dict[str, Any] = {}
+        query: dict[str, Any] = self._store.scope()  # this repository's tenant (or none) only
         if metadata_filter:
             query.update(metadata_equals(validate_metadata(dict(metadata_filter))))
         if after is not None:
-            query["_id"] = {"$gt": validate_id(after, "after")}
+            query["_id"] = {"$gt": self._store.key(validate_id(after, "after"))}
         with self._store.errors(None, "list sessions"):
             documents = list(self.collection.find(query, listing_projection()).sort("_id", ASCENDING).limit(limit))
         return [
             {
-                "session_id": doc["_id"],
+                "session_id": doc.get("session_id", doc["_id"]),
                 "session_type": doc.get("session_type"),
                 "created_at": doc.get("created_at"),
                 "updated_at": doc.get("updated_at"),

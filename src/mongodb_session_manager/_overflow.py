@@ -101,15 +101,15 @@ def _leaves(value: Any) -> Iterator[Any]:
             yield item
 
 
-def chunk_documents(session_id: str, ref: BlobRef, data: bytes, expire_at: datetime | None) -> list[dict[str, Any]]:
-    """The chunk documents that store one offloaded value."""
+def chunk_documents(owner: Any, ref: BlobRef, data: bytes, expire_at: datetime | None) -> list[dict[str, Any]]:
+    """The chunk documents that store one offloaded value (``owner``: the session's key)."""
     documents = []
     for chunk_id in ref.chunk_ids():
         start = chunk_id["n"] * CHUNK_BYTES
         document: dict[str, Any] = {
             "_id": chunk_id,
             "kind": "blob",
-            "session_id": session_id,
+            "session_id": owner,
             "data": data[start : start + CHUNK_BYTES],
         }
         if expire_at is not None:
@@ -136,7 +136,7 @@ def assemble_blob(ref: BlobRef, chunks: Mapping[int, bytes], session_id: str) ->
 
 
 def bucket_document(
-    session_id: str,
+    owner: Any,
     agent_id: Any,
     first: int,
     entries: list[dict[str, Any]],
@@ -146,12 +146,13 @@ def bucket_document(
     """A new bucket holding ``entries`` (message ids from ``first``), and the descriptor the session keeps of it.
 
     Args:
+        owner: The session's key (its ``_id``; the overflow collection's shard key).
         size: The entries' encoded size, recorded in the descriptor (merges plan with it).
     """
     bucket: dict[str, Any] = {
         "_id": ObjectId(),
         "kind": "messages",
-        "session_id": session_id,
+        "session_id": owner,
         "agent_id": agent_id,
         "first": first,
         "count": len(entries),

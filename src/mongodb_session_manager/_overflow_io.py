@@ -114,7 +114,7 @@ class OverflowIO:
         }
         if expire_at is not None:
             update["$min"] = {"companions_until": expire_at}
-        write = Write({"_id": session_id}, update, "prepare overflow storage", payload=record)
+        write = Write({"_id": self.store.key(session_id)}, update, "prepare overflow storage", payload=record)
         matched, _ = self.store.write(session_id, write)
         if not matched:
             raise session_missing(session_id)
@@ -129,7 +129,9 @@ class OverflowIO:
             documents).
         """
         with self.store.errors(session_id, "finish overflow write"):
-            result = self.store.collection.update_one({"_id": session_id}, {"$pull": {"overflow_pending": {"op": op}}})
+            result = self.store.collection.update_one(
+                {"_id": self.store.key(session_id)}, {"$pull": {"overflow_pending": {"op": op}}}
+            )
         return result.modified_count > 0
 
     def collect_pending(
@@ -164,10 +166,11 @@ class OverflowIO:
             with self.store.errors(session_id, "collect unfinished overflow writes"):
                 # Take the record first: a writer still in flight then cannot commit these documents.
                 result = self.store.collection.update_one(
-                    {"_id": session_id, "overflow_pending.op": op}, {"$pull": {"overflow_pending": {"op": op}}}
+                    {"_id": self.store.key(session_id), "overflow_pending.op": op},
+                    {"$pull": {"overflow_pending": {"op": op}}},
                 )
                 if result.modified_count and docs:
-                    self.store.overflow.delete_many({"_id": {"$in": docs}, "session_id": session_id})
+                    self.store.overflow.delete_many({"_id": {"$in": docs}, **self.store.owned(session_id)})
             if result.modified_count:
                 taken += 1
                 logger.debug(
@@ -190,14 +193,15 @@ class OverflowIO:
         overflow, collection = self.store.overflow, self.store.collection
         with self.store.errors(session_id, "extend overflow expiry"):
             if until is None:  # no TTL any more: what is outside the document must not expire either
-                overflow.update_many({"session_id": session_id}, {"$unset": {"expire_at": ""}})
+                overflow.update_many({**self.store.owned(session_id)}, {"$unset": {"expire_at": ""}})
                 collection.update_one(
-                    {"_id": session_id}, {"$unset": {"companions_until": ""}, "$set": {"companions_ttl": None}}
+                    {"_id": self.store.key(session_id)},
+                    {"$unset": {"companions_until": ""}, "$set": {"companions_ttl": None}},
                 )
             else:
-                overflow.update_many({"session_id": session_id}, {"$max": {"expire_at": until}})
+                overflow.update_many({**self.store.owned(session_id)}, {"$max": {"expire_at": until}})
                 collection.update_one(
-                    {"_id": session_id},
+                    {"_id": self.store.key(session_id)},
                     {"$max": {"companions_until": until}, "$set": {"companions_ttl": self.store.expiry_seconds}},
                 )
         logger.debug("session_id=<%s> | overflow expiry extended", session_id)
@@ -214,7 +218,9 @@ class OverflowIO:
         if not blobs:
             return None
         expire_at = self.store.companions_expiry()
-        documents = [doc for ref, data in blobs for doc in chunk_documents(session_id, ref, data, expire_at)]
+        documents = [
+            doc for ref, data in blobs for doc in chunk_documents(self.store.key(session_id), ref, data, expire_at)
+        ]
         op = self.begin(session_id, "blobs", [doc["_id"] for doc in documents], expire_at)
         with self.store.errors(session_id, "store binary content"):
             self.store.overflow.insert_many(documents, ordered=True)
@@ -227,7 +233,7 @@ class OverflowIO:
             return
         with self.store.errors(session_id, "delete binary content"):
             self.store.overflow.delete_many(
-                {"_id": {"$in": [chunk for ref in refs for chunk in ref.chunk_ids()]}, "session_id": session_id}
+                {"_id": {"$in": [chunk for ref in refs for chunk in ref.chunk_ids()]}, **self.store.owned(session_id)}
             )
 
     def discard_unreferenced(self, session_id: str, blobs: list[tuple[BlobRef, bytes]], op: ObjectId | None) -> None:
@@ -269,7 +275,9 @@ class OverflowIO:
         if target is None:
             target = self.store.threshold // 2
         for attempt in range(ATTEMPTS):
-            documents = self.store.aggregate(session_id, message_layout_pipeline(session_id), "read message sizes")
+            documents = self.store.aggregate(
+                session_id, message_layout_pipeline(self.store.key(session_id)), "read message sizes"
+            )
             if not documents:
                 return False
             layout = documents[0]
@@ -295,13 +303,15 @@ class OverflowIO:
             projection[f"agents.{key}.messages"] = {"$slice": [0, count]}
             for name in ("agent_id", "overflow_count", "edits", "overflow.id"):
                 projection[f"agents.{key}.{name}"] = 1
-        document = self.store.find_one(session_id, {"_id": session_id}, projection, "read messages to move")
+        document = self.store.find_one(
+            session_id, {"_id": self.store.key(session_id)}, projection, "read messages to move"
+        )
         if document is None:
             return False
         expire_at = self.store.companions_expiry()
         buckets: list[dict[str, Any]] = []
         crowded: list[str] = []
-        condition: dict[str, Any] = {"_id": session_id}
+        condition: dict[str, Any] = {"_id": self.store.key(session_id)}
         # The estimate becomes the measured size, less what moves out, plus the descriptors.
         update: dict[str, Any] = {
             "$pull": {},
@@ -316,7 +326,7 @@ class OverflowIO:
             descriptors = []
             for start, count in split_into_buckets(sizes):
                 bucket, descriptor = bucket_document(
-                    session_id,
+                    self.store.key(session_id),
                     stored.get("agent_id"),
                     moved_before + start,
                     entries[start : start + count],
@@ -346,7 +356,9 @@ class OverflowIO:
             # Another writer moved or edited these messages first (or took our record): ours are
             # copies nobody refers to.
             with self.store.errors(session_id, "discard unused buckets"):
-                self.store.overflow.delete_many({"_id": {"$in": [bucket["_id"] for bucket in buckets]}})
+                self.store.overflow.delete_many(
+                    {"_id": {"$in": [bucket["_id"] for bucket in buckets]}, **self.store.owned(session_id)}
+                )
             self.end(session_id, op)
             return None
         logger.debug(
@@ -372,18 +384,26 @@ class OverflowIO:
         """
         path = f"agents.{key}"
         fields = {f"{path}.{name}": 1 for name in ("overflow", "overflow_count", "edits", "agent_id")}
-        stored = dig(self.store.find_one(session_id, {"_id": session_id}, fields, "read bucket descriptors"), path)
+        stored = dig(
+            self.store.find_one(session_id, {"_id": self.store.key(session_id)}, fields, "read bucket descriptors"),
+            path,
+        )
         descriptors = list((stored or {}).get("overflow") or [])
         groups = plan_merges([int(d.get("bytes") or 0) for d in descriptors])
         if stored is None or not groups:
             return
         merged_ids = [d["id"] for start, count in groups for d in descriptors[start : start + count]]
         with self.store.errors(session_id, "read buckets to merge"):
-            old = {doc["_id"]: doc for doc in self.store.overflow.find({"_id": {"$in": merged_ids}})}
+            old = {
+                doc["_id"]: doc
+                for doc in self.store.overflow.find({"_id": {"$in": merged_ids}, **self.store.owned(session_id)})
+            }
         if len(old) != len(merged_ids):
             return  # another merge replaced some of them: its commit wins
         expire_at = self.store.companions_expiry()  # (tests interleave other writers here)
-        new_descriptors, new_buckets = _merged(session_id, stored.get("agent_id"), descriptors, groups, old, expire_at)
+        new_descriptors, new_buckets = _merged(
+            self.store.key(session_id), stored.get("agent_id"), descriptors, groups, old, expire_at
+        )
         moved, edits = int(stored.get("overflow_count") or 0), int(stored.get("edits") or 0)
         op = self.begin(session_id, "buckets", [bucket["_id"] for bucket in new_buckets], expire_at, agents=[key])
         with self.store.errors(session_id, "merge buckets"):
@@ -399,7 +419,7 @@ class OverflowIO:
                 array_filters=[{"p.op": op}],
             )
             unused = merged_ids if result.matched_count else [bucket["_id"] for bucket in new_buckets]
-            self.store.overflow.delete_many({"_id": {"$in": unused}})
+            self.store.overflow.delete_many({"_id": {"$in": unused}, **self.store.owned(session_id)})
         self.end(session_id, op)
         if result.matched_count:
             logger.debug(
@@ -447,7 +467,7 @@ class OverflowIO:
         path = f"agents.{key}"
         changes: dict[str, Any] = {f"{path}.messages.$[m].{name}": value for name, value in fields.items()}
         changes["updated_date"] = utc_now()
-        query: dict[str, Any] = {"_id": session_id, f"{path}.messages.message_id": message_id}
+        query: dict[str, Any] = {"_id": self.store.key(session_id), f"{path}.messages.message_id": message_id}
         update: dict[str, Any] = {"$set": changes, "$inc": {f"{path}.edits": 1}}
         if op is not None:
             query["overflow_pending.op"] = op
@@ -466,7 +486,7 @@ class OverflowIO:
         if matched:
             return old_refs(document), list((document or {}).get("pending") or [])
         projection = {f"{path}.overflow": 1, f"{path}.messages.message_id": 1, "overflow_pending": 1}
-        document = self.store.find_one(session_id, {"_id": session_id}, projection, operation)
+        document = self.store.find_one(session_id, {"_id": self.store.key(session_id)}, projection, operation)
         resident_ids = [entry.get("message_id") for entry in dig(document, f"{path}.messages") or []]
         if op is not None and message_id in resident_ids:
             raise Collected()  # the message is resident: only our record can have been missing
@@ -499,7 +519,7 @@ class OverflowIO:
                 )
             with self.store.errors(session_id, operation, field, payload=bucket_changes):
                 old_bucket = self.store.overflow.find_one_and_update(
-                    {"_id": descriptor["id"], "messages.message_id": message_id},
+                    {"_id": descriptor["id"], **self.store.owned(session_id), "messages.message_id": message_id},
                     {"$set": bucket_changes},
                     projection=replaced_projection("$messages", message_id),
                     array_filters=[{"m.message_id": message_id}],
@@ -510,7 +530,7 @@ class OverflowIO:
             # check the bucket is still the one holding the message: a merge that committed
             # meanwhile copied it before our update, so apply the update again to its replacement.
             edit = Write(
-                {"_id": session_id},
+                {"_id": self.store.key(session_id)},
                 {"$set": {"updated_date": utc_now()}, "$inc": {f"{path}.edits": 1}},
                 operation,
                 returning={f"{path}.overflow": 1, "overflow_pending": 1},
@@ -534,7 +554,9 @@ class OverflowIO:
             SessionStorageError: The session refers to overflow documents that are missing.
             SessionConflictError: The session kept changing while it was repaired.
         """
-        document = self.store.find_one(session_id, {"_id": session_id}, {"overflow_pending": 1}, "repair session")
+        document = self.store.find_one(
+            session_id, {"_id": self.store.key(session_id)}, {"overflow_pending": 1}, "repair session"
+        )
         if document is None:
             raise session_missing(session_id)
         taken = self.collect_pending(session_id, document.get("overflow_pending"), older_than=grace)
@@ -544,7 +566,7 @@ class OverflowIO:
                 continue  # a merge replaced buckets while we read them: read again
             if garbage:
                 with self.store.errors(session_id, "repair session"):
-                    self.store.overflow.delete_many({"_id": {"$in": garbage}, "session_id": session_id})
+                    self.store.overflow.delete_many({"_id": {"$in": garbage}, **self.store.owned(session_id)})
             logger.info(
                 "session_id=<%s>, unfinished_writes=<%d>, unreferenced_documents=<%d> | session repaired",
                 session_id,
@@ -566,8 +588,8 @@ class OverflowIO:
             The ids, or ``None`` if a bucket named by a descriptor vanished meanwhile (a merge).
         """
         with self.store.errors(session_id, "repair session"):
-            listed = [doc["_id"] for doc in self.store.overflow.find({"session_id": session_id}, {"_id": 1})]
-        documents = self.store.aggregate(session_id, references_pipeline(session_id), "repair session")
+            listed = [doc["_id"] for doc in self.store.overflow.find({**self.store.owned(session_id)}, {"_id": 1})]
+        documents = self.store.aggregate(session_id, references_pipeline(self.store.key(session_id)), "repair session")
         if not documents:
             raise session_missing(session_id)
         protected = {
@@ -581,7 +603,11 @@ class OverflowIO:
             refs.extend(value for values in agent.get("blobs") or [] for value in values or [])
         if buckets:
             with self.store.errors(session_id, "repair session"):
-                moved = list(self.store.overflow.find({"_id": {"$in": list(buckets)}}, {"messages.blobs": 1}))
+                moved = list(
+                    self.store.overflow.find(
+                        {"_id": {"$in": list(buckets)}, **self.store.owned(session_id)}, {"messages.blobs": 1}
+                    )
+                )
             if len(moved) != len(buckets):
                 return None
             refs.extend(
@@ -617,7 +643,7 @@ def _contiguous(stored: dict[str, Any], first: int, session_id: str) -> list[dic
 
 
 def _merged(
-    session_id: str,
+    owner: Any,
     agent_id: Any,
     descriptors: list[dict[str, Any]],
     groups: list[tuple[int, int]],
@@ -632,7 +658,7 @@ def _merged(
         new_descriptors.extend(descriptors[position:start])
         group = descriptors[start : start + count]
         bucket, descriptor = bucket_document(
-            session_id,
+            owner,
             agent_id,
             group[0]["first"],
             [entry for d in group for entry in old[d["id"]].get("messages") or []],

@@ -78,10 +78,10 @@ def feedback_pipeline(rating: Any, comment: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ reads
 
 
-def storage_state_pipeline(session_id: str) -> list[dict[str, Any]]:
+def storage_state_pipeline(key: Any) -> list[dict[str, Any]]:
     """The document's size (``$bsonSize``), size estimate and overflow expiry fields."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {"$project": {**STORAGE_STATE_FIELDS, "size": {"$bsonSize": "$$ROOT"}}},
     ]
 
@@ -90,10 +90,10 @@ def storage_state_pipeline(session_id: str) -> list[dict[str, Any]]:
 STORAGE_STATE_FIELDS: dict[str, Any] = {"_id": 0, "size_estimate": 1, "companions_until": 1, "companions_ttl": 1}
 
 
-def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
+def message_layout_pipeline(key: Any) -> list[dict[str, Any]]:
     """The document's size, size estimate, unfinished overflow writes, and each agent's resident message sizes."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,
@@ -121,11 +121,11 @@ def message_layout_pipeline(session_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def snapshot_pipeline(session_id: str) -> list[dict[str, Any]]:
+def snapshot_pipeline(key: Any) -> list[dict[str, Any]]:
     """The session and every agent's state, without messages: what a restore reads first."""
     agent_fields = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "session_id": 1,
@@ -160,7 +160,7 @@ def _only(entries: Any, fields: Sequence[str] | None) -> Any:
 
 
 def messages_pipeline(
-    session_id: str, agent_key: str, offset: int, limit: int | None, fields: Sequence[str] | None = None
+    key: Any, agent_key: str, offset: int, limit: int | None, fields: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
     """One agent's resident entries in ``[offset, offset + limit)`` and the descriptors of the buckets
     that hold the rest of the range.
@@ -170,6 +170,7 @@ def messages_pipeline(
     "overflow_count", "messages", "overflow"}}``; no document for a missing session.
 
     Args:
+        key: The session's key (``SessionStore.key``).
         agent_key: The agent's field name (``encode_field_name(agent_id)``).
         fields: Entry fields to return (all when ``None``).
     """
@@ -191,7 +192,7 @@ def messages_pipeline(
         ),
     }
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,
@@ -219,13 +220,14 @@ def messages_pipeline(
 
 
 def buckets_pipeline(
-    bucket_ids: Sequence[Any], offset: int, limit: int | None, fields: Sequence[str] | None = None
+    key: Any, bucket_ids: Sequence[Any], offset: int, limit: int | None, fields: Sequence[str] | None = None
 ) -> list[dict[str, Any]]:
-    """The named buckets, each sliced on the server to its part of ``[offset, offset + limit)``."""
+    """The named buckets of the session ``key``, each sliced on the server to its part of
+    ``[offset, offset + limit)``."""
     take: Any = SLICE_ALL if limit is None else {"$subtract": [offset + limit, {"$max": ["$first", offset]}]}
     sliced = {"$slice": ["$messages", {"$max": [0, {"$subtract": [offset, "$first"]}]}, take]}
     return [
-        {"$match": {"_id": {"$in": list(bucket_ids)}}},
+        {"$match": {"session_id": key, "_id": {"$in": list(bucket_ids)}}},
         {"$project": {"first": 1, "messages": _only(sliced, fields)}},
     ]
 
@@ -255,12 +257,12 @@ def resident_messages(agent_key: str) -> dict[str, Any]:
     return {"$getField": {"field": "messages", "input": {"$getField": {"field": agent_key, "input": "$agents"}}}}
 
 
-def references_pipeline(session_id: str) -> list[dict[str, Any]]:
+def references_pipeline(key: Any) -> list[dict[str, Any]]:
     """What refers to a session's overflow documents: unfinished writes, each agent's descriptors and
     the binary references of its resident messages (an explicit ``$map``: the test server does not
     follow a path through an array inside an expression)."""
     return [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": key}},
         {
             "$project": {
                 "_id": 0,

@@ -83,7 +83,7 @@ class Reader:
     def _read_once(
         self, session_id: str, agent_id: str, offset: int, limit: int | None, fields: Sequence[str] | None
     ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-        pipeline = messages_pipeline(session_id, encode_field_name(agent_id), offset, limit, fields)
+        pipeline = messages_pipeline(self.store.key(session_id), encode_field_name(agent_id), offset, limit, fields)
         documents = self.store.aggregate(session_id, pipeline, "read messages")
         if not documents:
             return None, []
@@ -94,7 +94,9 @@ class Reader:
         descriptors = checked_descriptors(stored.get("overflow"), session_id, agent_id)
         if descriptors:
             with self.store.errors(session_id, "read moved messages"):
-                pipeline = buckets_pipeline([d["id"] for d in descriptors], offset, limit, fields)
+                pipeline = buckets_pipeline(
+                    self.store.key(session_id), [d["id"] for d in descriptors], offset, limit, fields
+                )
                 buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline)}
             for descriptor in sorted(descriptors, key=lambda d: d["first"]):
                 bucket = buckets.get(descriptor["id"])
@@ -132,7 +134,9 @@ class Reader:
             return plain
         chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
         with self.store.errors(session_id, "read binary content"):
-            documents = list(self.store.overflow.find({"_id": {"$in": chunk_ids}}, {"data": 1}))
+            documents = list(
+                self.store.overflow.find({"_id": {"$in": chunk_ids}, **self.store.owned(session_id)}, {"data": 1})
+            )
         chunks: dict[tuple[ObjectId, int], bytes] = {}
         for doc in documents:
             key, data = chunk_of(doc)

@@ -33,7 +33,7 @@ import bson
 from pymongo import MongoClient, ReturnDocument
 from pymongo.collection import Collection
 
-from ._documents import aware, session_missing, utc_now
+from ._documents import aware, session_key, session_missing, utc_now
 from ._indexes import ExpiryView, read_activity_ttl
 from ._overflow import companions_deadline, companions_expiry
 from ._pipelines import STORAGE_STATE_FIELDS, guard_conditions, storage_state_pipeline, with_growth
@@ -135,6 +135,9 @@ class SessionStore:
         overflow: The overflow collection.
         threshold: ``overflow_threshold_bytes``.
         expiry: The TTL in force on the collection, as this process knows it.
+        tenant_id: The tenant every session of this store belongs to (``None``: no tenant). It is
+            part of every key (see :meth:`key`), so no command of this store can reach another
+            tenant's documents.
     """
 
     def __init__(
@@ -144,13 +147,30 @@ class SessionStore:
         overflow: Collection[dict[str, Any]],
         threshold: int,
         expiry: ExpiryView,
+        tenant_id: str | None = None,
     ) -> None:
         self.client = client
+        self.tenant_id = tenant_id
         self.collection = collection
         self.overflow = overflow
         self.threshold = threshold
         self.expiry = expiry
         self.remedies: Remedies  # set by OverflowIO(store)
+
+    # ------------------------------------------------------------------ keys
+
+    def key(self, session_id: str) -> Any:
+        """The session's ``_id`` (and its overflow documents' ``session_id``): every filter on a session
+        or its overflow documents is built from this, never inline (it is also the shard key)."""
+        return session_key(session_id, self.tenant_id)
+
+    def owned(self, session_id: str) -> dict[str, Any]:
+        """The filter condition selecting a session's overflow documents (equality on the shard key)."""
+        return {"session_id": self.key(session_id)}
+
+    def scope(self) -> dict[str, Any]:
+        """The filter condition selecting this store's sessions among all (listing, TTL migration)."""
+        return {"tenant": self.tenant_id if self.tenant_id is not None else {"$exists": False}}
 
     # ------------------------------------------------------------------ errors and reads
 
@@ -315,10 +335,12 @@ class SessionStore:
         """The document's size estimate and overflow expiry; with ``measure``, its size too (one small
         aggregate; otherwise a find of three fields)."""
         if measure:
-            documents = self.aggregate(session_id, storage_state_pipeline(session_id), "read session size")
+            documents = self.aggregate(session_id, storage_state_pipeline(self.key(session_id)), "read session size")
             document = documents[0] if documents else None
         else:
-            document = self.find_one(session_id, {"_id": session_id}, STORAGE_STATE_FIELDS, "read session size")
+            document = self.find_one(
+                session_id, {"_id": self.key(session_id)}, STORAGE_STATE_FIELDS, "read session size"
+            )
         if document is None:
             return None
         return StorageState(
@@ -331,4 +353,6 @@ class SessionStore:
     def correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:
         """Bring ``size_estimate`` down to the measured size (writes since the measure keep their share)."""
         with self.errors(session_id, "correct size estimate"):
-            self.collection.update_one({"_id": session_id}, {"$inc": {"size_estimate": size - (estimate or 0)}})
+            self.collection.update_one(
+                {"_id": self.key(session_id)}, {"$inc": {"size_estimate": size - (estimate or 0)}}
+            )

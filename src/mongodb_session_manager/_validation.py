@@ -51,6 +51,11 @@ def validate_id(value: Any, field: str) -> str:
     return value
 
 
+def validate_tenant_id(value: Any) -> str | None:
+    """Check an optional tenant id (the rules of :func:`validate_id`); ``None`` means no tenant."""
+    return None if value is None else validate_id(value, "tenant_id")
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")

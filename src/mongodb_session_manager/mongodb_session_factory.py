@@ -63,7 +63,8 @@ class MongoDBSessionManagerFactory:
         feedback_hook: Default feedback hook for the managers it creates.
         **client_kwargs: ``MongoClient`` options (``maxPoolSize``, ...), and the repository's
             storage options ``binary_offload_bytes``, ``overflow_threshold_bytes``,
-            ``overflow_collection_name`` (see :class:`MongoDBSessionRepository`).
+            ``overflow_collection_name`` and ``tenant_id`` (the default tenant of its managers; see
+            :class:`MongoDBSessionRepository`).
     """
 
     def __init__(
@@ -142,8 +143,8 @@ class MongoDBSessionManagerFactory:
 
         Args:
             session_id: The session.
-            **overrides: ``database_name``/``collection_name`` (a repository for them is built on
-                the same client), ``metadata_hook``/``feedback_hook`` (or camelCase), and anything
+            **overrides: ``database_name``/``collection_name`` and ``tenant_id`` (a repository for
+                them is built on the same client, sending no command), ``metadata_hook``/``feedback_hook`` (or camelCase), and anything
                 ``RepositorySessionManager`` accepts.
 
         Returns:
@@ -156,15 +157,28 @@ class MongoDBSessionManagerFactory:
             )
         database_name = overrides.pop("database_name", self.database_name)
         collection_name = overrides.pop("collection_name", self.collection_name)
+        tenant_id = overrides.pop("tenant_id", self.storage_options.get("tenant_id"))
         if (database_name, collection_name) == (self.database_name, self.collection_name):
-            repository = self._get_repository()
+            if tenant_id == self.storage_options.get("tenant_id"):
+                repository = self._get_repository()
+            else:
+                repository = MongoDBSessionRepository(
+                    client=self.client,
+                    database_name=database_name,
+                    collection_name=collection_name,
+                    session_ttl=self.session_ttl,
+                    **{**self.storage_options, "tenant_id": tenant_id},
+                )
         else:
+            options = {
+                name: value for name, value in self.storage_options.items() if name != "overflow_collection_name"
+            }
             repository = MongoDBSessionRepository(
                 client=self.client,
                 database_name=database_name,
                 collection_name=collection_name,
                 session_ttl=self.session_ttl,
-                **{name: value for name, value in self.storage_options.items() if name != "overflow_collection_name"},
+                **{**options, "tenant_id": tenant_id},
             )
         if "metadataHook" not in overrides:
             overrides.setdefault("metadata_hook", self.metadata_hook)

@@ -73,8 +73,8 @@ class MongoDBSessionManager(RepositorySessionManager):
         session_repository: An existing :class:`MongoDBSessionRepository` to use instead of building
             one (the factory does this).
         session_ttl: Optional idle expiry for sessions (see :class:`MongoDBSessionRepository`).
-        **kwargs: ``binary_offload_bytes``, ``overflow_threshold_bytes`` and
-            ``overflow_collection_name`` go to the repository (see :class:`MongoDBSessionRepository`);
+        **kwargs: ``binary_offload_bytes``, ``overflow_threshold_bytes``,
+            ``overflow_collection_name`` and ``tenant_id`` go to the repository (see :class:`MongoDBSessionRepository`);
             ``MongoClient`` options (``maxPoolSize``, ``serverSelectionTimeoutMS``, ...) go to
             the client; anything else goes to ``RepositorySessionManager``. The reference design's
             ``metadataHook=`` and ``feedbackHook=`` spellings are accepted too.

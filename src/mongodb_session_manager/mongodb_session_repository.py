@@ -66,6 +66,7 @@ from ._validation import (
     validate_id,
     validate_message_id,
     validate_page,
+    validate_tenant_id,
 )
 from .errors import (
     MAX_DOCUMENT_SIZE,
@@ -94,9 +95,9 @@ __all__ = [
 
 DEFAULT_DATABASE_NAME = "strands_sessions"
 DEFAULT_COLLECTION_NAME = "sessions"
-#: Repository arguments that shape storage outside the session document; the manager and the
-#: factory accept them too and pass them on.
-STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name")
+#: Repository arguments that shape storage (outside the session document; the tenant scope); the
+#: manager and the factory accept them too and pass them on.
+STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name", "tenant_id")
 #: Binary values larger than this many bytes are stored outside the session document by default.
 DEFAULT_BINARY_OFFLOAD_BYTES = 256 * 1024
 #: Session document size at which the oldest messages start moving out, by default.
@@ -127,6 +128,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             messages move, in order, into the overflow collection, so no conversation ever meets
             MongoDB's 16 MB document limit. Default 4 MiB (16 KiB to 12 MiB).
         overflow_collection_name: The companion collection; default ``"<collection_name>_overflow"``.
+        tenant_id: Optional tenant (application) scope: part of every session's key and of every
+            query, so repositories of two tenants sharing collections never see each other's
+            sessions, even with equal session ids. ``None`` (the default): no tenant.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
     If neither ``client`` nor ``connection_string`` is given, the client of an initialised
@@ -149,9 +153,11 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         binary_offload_bytes: int = DEFAULT_BINARY_OFFLOAD_BYTES,
         overflow_threshold_bytes: int = DEFAULT_OVERFLOW_THRESHOLD_BYTES,
         overflow_collection_name: str | None = None,
+        tenant_id: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the repository; see the class docstring for the arguments."""
+        self.tenant_id = validate_tenant_id(tenant_id)
         self.session_ttl_seconds = ttl_seconds(session_ttl)
         self.binary_offload_bytes = bounded_int(
             binary_offload_bytes, "binary_offload_bytes", 1, MAX_MESSAGE_BYTES, DEFAULT_BINARY_OFFLOAD_BYTES
@@ -181,7 +187,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             expiry = ensure_session_indexes(
                 collection, overflow, self.session_ttl_seconds, lambda ttl: companions_expiry(ttl, utc_now())
             )
-            self._store = SessionStore(self._client, collection, overflow, self.overflow_threshold_bytes, expiry)
+            self._store = SessionStore(
+                self._client, collection, overflow, self.overflow_threshold_bytes, expiry, self.tenant_id
+            )
             self._overflow = OverflowIO(self._store)
             self._reader = Reader(self._store)
         except BaseException:
@@ -267,8 +275,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
     def __repr__(self) -> str:
         return (
             f"MongoDBSessionRepository(database_name={self.database_name!r}, "
-            f"collection_name={self.collection_name!r}, owns_client={self.owns_client})"
+            f"collection_name={self.collection_name!r}, tenant_id={self.tenant_id!r}, owns_client={self.owns_client})"
         )
+
+    def session_key(self, session_id: str) -> Any:
+        """The ``_id`` of a session's document under this repository's tenant (the session id itself
+        without a tenant): for code that reads the documented layout directly."""
+        return self._store.key(validate_id(session_id, "session_id"))
 
     def ensure_indexes(self) -> None:
         """Create the collection's indexes, once per collection per process (done when built)."""
@@ -285,7 +298,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             SessionConflictError: A session with this id already exists.
         """
         session_id = validate_id(session.session_id, "session_id")
-        document = session_to_document(session)
+        document = session_to_document(session, self.tenant_id)
         document["size_estimate"] = len(bson.encode(document)) + ESTIMATE_FIELD
         exists = f"session_id=<{session_id}> | session already exists"
         with self._store.errors(session_id, "create session", "session", on_duplicate=exists):
@@ -296,7 +309,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
     def read_session(self, session_id: str, **kwargs: Any) -> Session | None:
         """Read a session (without its agents, messages, metadata or feedback)."""
         validate_id(session_id, "session_id")
-        document = self._store.find_one(session_id, {"_id": session_id}, session_projection(), "read session")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, session_projection(), "read session"
+        )
         return document_to_session(document) if document is not None else None
 
     def read_session_snapshot(self, session_id: str) -> tuple[Session, dict[str, SessionAgent]] | None:
@@ -309,7 +324,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             ``(session, {agent_id: agent})``, or ``None`` if the session does not exist.
         """
         validate_id(session_id, "session_id")
-        documents = self._store.aggregate(session_id, snapshot_pipeline(session_id), "read session")
+        documents = self._store.aggregate(session_id, snapshot_pipeline(self._store.key(session_id)), "read session")
         if not documents:
             return None
         document = documents[0]
@@ -330,11 +345,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         """
         validate_id(session_id, "session_id")
         with self._store.errors(session_id, "delete session"):
-            deleted = self.collection.find_one_and_delete({"_id": session_id}, projection={"companions": 1})
+            deleted = self.collection.find_one_and_delete(
+                {"_id": self._store.key(session_id)}, projection={"companions": 1}
+            )
             if deleted is None:
                 raise session_missing(session_id)
             if deleted.get("companions"):
-                removed = self.overflow.delete_many({"session_id": session_id}).deleted_count
+                removed = self.overflow.delete_many(self._store.owned(session_id)).deleted_count
                 logger.debug("session_id=<%s>, documents=<%d> | overflow storage deleted", session_id, removed)
         logger.debug("session_id=<%s> | session deleted", session_id)
 
@@ -357,7 +374,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         matched, _ = self._store.write(
             session_id,
             Write(
-                {"_id": session_id, path: {"$exists": False}},
+                {"_id": self._store.key(session_id), path: {"$exists": False}},
                 {"$set": {path: new_agent, "updated_date": utc_now()}},
                 "create agent",
                 "session_agent",
@@ -370,7 +387,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             matched, _ = self._store.write(
                 session_id,
                 Write(
-                    {"_id": session_id},
+                    {"_id": self._store.key(session_id)},
                     {"$set": {**changes, "updated_date": utc_now()}},
                     "create agent",
                     "session_agent",
@@ -387,7 +404,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(agent_id, "agent_id")
         path = f"agents.{encode_field_name(agent_id)}"
         projection = {f"{path}.{name}": 1 for name in AGENT_FIELDS}
-        stored = dig(self._store.find_one(session_id, {"_id": session_id}, projection, "read agent"), path)
+        stored = dig(
+            self._store.find_one(session_id, {"_id": self._store.key(session_id)}, projection, "read agent"), path
+        )
         return document_to_agent(stored, session_id) if stored else None
 
     def update_agent(
@@ -419,7 +438,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         changes: dict[str, Any] = {f"{path}.{name}": value for name, value in values.items()}
         changes["updated_date"] = utc_now()
         write = Write(
-            {"_id": session_id, path: {"$exists": True}},
+            {"_id": self._store.key(session_id), path: {"$exists": True}},
             {"$set": changes},
             "update agent",
             "session_agent",
@@ -476,7 +495,8 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             op = self._overflow.store_blobs(session_id, blobs)
             try:
                 matched, _ = self._store.write(
-                    session_id, _append(session_id, agent_id, entry, size, op, self.overflow_threshold_bytes)
+                    session_id,
+                    _append(self._store.key(session_id), agent_id, entry, size, op, self.overflow_threshold_bytes),
                 )
                 stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, entry)
             except (SessionConflictError, SessionNotFoundError, SessionValidationError):
@@ -514,7 +534,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             SessionConflictError: Another writer's message is at ``message_id``, or a hole would open.
         """
         path = f"agents.{encode_field_name(agent_id)}"
-        document = self._store.find_one(session_id, {"_id": session_id}, {f"{path}.message_count": 1}, "append message")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {f"{path}.message_count": 1}, "append message"
+        )
         stored = dig(document, path)
         if stored is None:
             raise missing_agent(session_id, agent_id, document)
@@ -642,7 +664,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         record = {"id": multi_agent_id, "state": state, "created_at": now, "updated_at": now}
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         write = Write(
-            {"_id": session_id},
+            {"_id": self._store.key(session_id)},
             {"$set": {path: record, "updated_date": utc_now()}},
             "create multi-agent",
             "multi_agent_state",
@@ -658,7 +680,10 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(multi_agent_id, "multi_agent_id")
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         stored = dig(
-            self._store.find_one(session_id, {"_id": session_id}, {f"{path}.state": 1}, "read multi-agent"), path
+            self._store.find_one(
+                session_id, {"_id": self._store.key(session_id)}, {f"{path}.state": 1}, "read multi-agent"
+            ),
+            path,
         )
         return decode_value(stored.get("state")) if stored else None
 
@@ -677,7 +702,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "updated_date": utc_now(),
         }
         write = Write(
-            {"_id": session_id, path: {"$exists": True}},
+            {"_id": self._store.key(session_id), path: {"$exists": True}},
             {"$set": changes},
             "update multi-agent",
             "multi_agent_state",
@@ -690,10 +715,11 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         logger.debug("session_id=<%s>, multi_agent_id=<%s> | multi-agent updated", session_id, multi_agent_id)
 
 
-def _append(session_id: str, agent_id: str, entry: dict[str, Any], size: int, op: Any, threshold: int) -> Write:
-    """The append of ``entry`` (``size`` bytes encoded): guarded by the agent's counter, committing ``op``."""
+def _append(key: Any, agent_id: str, entry: dict[str, Any], size: int, op: Any, threshold: int) -> Write:
+    """The append of ``entry`` (``size`` bytes encoded) to the session ``key``: guarded by the agent's
+    counter, committing ``op``."""
     path = f"agents.{encode_field_name(agent_id)}"
-    query: dict[str, Any] = {"_id": session_id, f"{path}.message_count": entry["message_id"]}
+    query: dict[str, Any] = {"_id": key, f"{path}.message_count": entry["message_id"]}
     update: dict[str, Any] = {
         "$push": {f"{path}.messages": entry},
         "$inc": {f"{path}.message_count": 1},

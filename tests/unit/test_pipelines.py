@@ -85,8 +85,8 @@ def test_a_page_reads_only_its_slice_on_both_sides_and_an_empty_page_reads_no_bu
     empty = messages_pipeline("s", "a", 5, 0)
     view = empty[1]["$project"]["agent"]["$let"]["in"]["$cond"][1]["$let"]["in"]
     assert view["overflow"] == []
-    (match, project) = buckets_pipeline(["b1", "b2"], 5, 10, fields=("message_id", "event_loop_metrics"))
-    assert match == {"$match": {"_id": {"$in": ["b1", "b2"]}}}
+    (match, project) = buckets_pipeline("s", ["b1", "b2"], 5, 10, fields=("message_id", "event_loop_metrics"))
+    assert match == {"$match": {"session_id": "s", "_id": {"$in": ["b1", "b2"]}}}
     kept = project["$project"]["messages"]["$map"]["in"]["$arrayToObject"]["$filter"]
     assert kept["input"] == {"$objectToArray": "$$e"}
     assert kept["cond"] == {"$in": ["$$f.k", ["message_id", "event_loop_metrics"]]}

@@ -78,6 +78,15 @@ def test_refused_input_is_a_validation_error_of_both_hierarchies() -> None:
     assert issubclass(StorageBackendError, SessionStorageError) and issubclass(StorageBackendError, StorageError)
 
 
+def test_a_tenant_root_is_a_backslash_area_no_key_can_reach() -> None:
+    assert layout.tenant_root(None) == ""
+    assert layout.tenant_root("acme") == "\\acme\\"
+    for bad in ("", "a/b", "a\\b", 7):
+        with pytest.raises(StorageValidationError) as caught:
+            layout.tenant_root(bad)
+        assert caught.value.field == "tenant_id"
+
+
 def test_a_namespace_prefix_is_computed_as_strands_backends_do() -> None:
     assert layout.namespace_prefix("", "memory/agent") == "memory/agent/"
     assert layout.namespace_prefix("memory/", "/agent//") == "memory/agent/"
@@ -86,8 +95,9 @@ def test_a_namespace_prefix_is_computed_as_strands_backends_do() -> None:
         layout.namespace_prefix("", "a/../b")
 
 
-def _in_range(value: str, bounds: dict[str, str]) -> bool:
-    return bounds["$gte"] <= value and ("$lt" not in bounds or value < bounds["$lt"])
+def _in_range(value: str, bounds: dict[str, Any]) -> bool:
+    inside = bounds["$gte"] <= value and ("$lt" not in bounds or value < bounds["$lt"])
+    return inside and ("$not" not in bounds or not _in_range(value, bounds["$not"]))
 
 
 @settings(max_examples=400)
@@ -98,11 +108,14 @@ def _in_range(value: str, bounds: dict[str, str]) -> bool:
 @example("a/b", "a/bc")
 @example("a/b", "a/c")
 @example("", "anything")
+@example("", "\\tenant\\key")
 def test_a_key_range_holds_exactly_the_strings_with_the_prefix(prefix: str, value: str) -> None:
-    """Python compares code points, as MongoDB compares UTF-8 bytes: the same order."""
+    """Python compares code points, as MongoDB compares UTF-8 bytes: the same order. The empty
+    prefix (every key of a storage without a tenant) leaves out the tenants' keys."""
     bounds = layout.key_range(prefix)
-    assert _in_range(value, bounds) == value.startswith(prefix)
-    assert _in_range(prefix + value, bounds)
+    tenants = prefix == "" and value.startswith(layout.TENANT_MARK)
+    assert _in_range(value, bounds) == (value.startswith(prefix) and not tenants)
+    assert _in_range(prefix + value, bounds) == (not tenants)
     assert (value.encode() < prefix.encode()) == (value < prefix)
 
 

@@ -26,7 +26,15 @@ from pymongo.errors import InvalidName
 from strands.types.session import Session, SessionAgent
 
 from .._codec import decode_value
-from .._documents import MESSAGE_FIELDS, aware, aware_all, document_to_agent, document_to_session, encode_field_name
+from .._documents import (
+    MESSAGE_FIELDS,
+    aware,
+    aware_all,
+    document_to_agent,
+    document_to_session,
+    encode_field_name,
+    session_key,
+)
 from .._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
 from .._pipelines import buckets_pipeline, messages_pipeline, metadata_equals, snapshot_pipeline
 from .._validation import validate_id, validate_metadata
@@ -62,12 +70,19 @@ class Source:
         database_name: The database.
         collection_name: The sessions collection.
         overflow_collection_name: Its overflow collection.
+        tenant_id: The tenant whose sessions are read (``None``: sessions stored without a tenant).
     """
 
     def __init__(
-        self, client: MongoClient[Any], database_name: str, collection_name: str, overflow_collection_name: str
+        self,
+        client: MongoClient[Any],
+        database_name: str,
+        collection_name: str,
+        overflow_collection_name: str,
+        tenant_id: str | None = None,
     ) -> None:
         self.client = client
+        self.tenant_id = tenant_id
         try:
             database = client[database_name]
             self.collection: Collection[dict[str, Any]] = database[collection_name]
@@ -75,6 +90,14 @@ class Source:
         except InvalidName as e:
             raise SessionValidationError("database", str(e)) from None
         self.database_name = database_name
+
+    def key(self, session_id: str) -> Any:
+        """The session's ``_id`` (the library's :func:`.._documents.session_key`, as the repository uses it)."""
+        return session_key(session_id, self.tenant_id)
+
+    def owned(self, session_id: str) -> dict[str, Any]:
+        """The condition selecting a session's overflow documents."""
+        return {"session_id": self.key(session_id)}
 
     def errors(self, session_id: str | None, operation: str) -> AbstractContextManager[None]:
         """Driver errors as the library's (readable, without the connection string's secrets)."""
@@ -99,14 +122,15 @@ class Source:
     def query(self, metadata_filter: Mapping[str, Any] | None) -> dict[str, Any]:
         """The filter of sessions whose metadata holds these values (keys and values validated as
         ``list_sessions`` validates them: compared as data, never as operators)."""
+        scope = {"tenant": self.tenant_id if self.tenant_id is not None else {"$exists": False}}
         if not metadata_filter:
-            return {}
-        return metadata_equals(validate_metadata(dict(metadata_filter)))
+            return scope
+        return {**scope, **metadata_equals(validate_metadata(dict(metadata_filter)))}
 
     def count(self, query: Mapping[str, Any] | None = None) -> int:
         """How many sessions match ``query``."""
         with self.errors(None, "count sessions"):
-            return self.collection.count_documents(dict(query or {}))
+            return self.collection.count_documents(dict(query) if query is not None else self.query(None))
 
     def session_ids(
         self, query: Mapping[str, Any] | None = None, after: str | None = None, limit: int | None = None
@@ -114,14 +138,16 @@ class Source:
         """Session ids in id order, a page at a time (each page its own short command)."""
         given = 0
         while limit is None or given < limit:
-            page_query = dict(query or {})
+            page_query = dict(query) if query is not None else self.query(None)
             if after is not None:
-                page_query["_id"] = {"$gt": after}
+                page_query["_id"] = {"$gt": self.key(after)}
             size = PAGE if limit is None else min(PAGE, limit - given)
             with self.errors(None, "list sessions"):
                 page = [
-                    doc["_id"]
-                    for doc in self.collection.find(page_query, {"_id": 1}).sort("_id", ASCENDING).limit(size)
+                    doc.get("session_id", doc["_id"])
+                    for doc in self.collection.find(page_query, {"_id": 1, "session_id": 1})
+                    .sort("_id", ASCENDING)
+                    .limit(size)
                 ]
             yield from page
             given += len(page)
@@ -136,7 +162,7 @@ class Source:
         raw = self.collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
         # Decoded here, leniently: a damaged document must be reported, not crash the reader.
         with self.errors(session_id, "read session"):
-            document = raw.find_one({"_id": session_id})
+            document = raw.find_one({"_id": self.key(session_id)})
         if document is None:
             return None
         size = len(document.raw)
@@ -145,13 +171,13 @@ class Source:
     def document(self, session_id: str, projection: Mapping[str, Any]) -> dict[str, Any] | None:
         """``find_one`` of the session with a projection."""
         with self.errors(session_id, "read session"):
-            return self.collection.find_one({"_id": session_id}, dict(projection))
+            return self.collection.find_one({"_id": self.key(session_id)}, dict(projection))
 
     def snapshot(self, session_id: str) -> tuple[Session, dict[str, SessionAgent]] | None:
         """The session and every agent's state (no messages), as ``read_session_snapshot`` returns them."""
         validate_id(session_id, "session_id")
         with self.errors(session_id, "read session"):
-            documents = list(self.collection.aggregate(snapshot_pipeline(session_id)))
+            documents = list(self.collection.aggregate(snapshot_pipeline(self.key(session_id))))
         if not documents:
             return None
         agents = {}
@@ -231,7 +257,7 @@ class Source:
     def _read_once(
         self, session_id: str, agent_id: str, offset: int, limit: int | None
     ) -> tuple[int, list[dict[str, Any]]]:
-        pipeline = messages_pipeline(session_id, encode_field_name(agent_id), offset, limit)
+        pipeline = messages_pipeline(self.key(session_id), encode_field_name(agent_id), offset, limit)
         with self.errors(session_id, "read messages"):
             documents = list(self.collection.aggregate(pipeline))
         if not documents:
@@ -243,7 +269,7 @@ class Source:
         descriptors = checked_descriptors(stored.get("overflow"), session_id, agent_id)
         if descriptors:
             with self.errors(session_id, "read moved messages"):
-                pipeline = buckets_pipeline([d["id"] for d in descriptors], offset, limit)
+                pipeline = buckets_pipeline(self.key(session_id), [d["id"] for d in descriptors], offset, limit)
                 buckets = {doc["_id"]: doc for doc in self.overflow.aggregate(pipeline)}
             for descriptor in sorted(descriptors, key=lambda d: d["first"]):
                 bucket = buckets.get(descriptor["id"])
@@ -299,7 +325,7 @@ class Source:
         ids = list({(chunk["b"], chunk["n"]): chunk for ref in refs for chunk in ref.chunk_ids()}.values())
         chunks: dict[tuple[ObjectId, int], bytes] = {}
         with self.errors(session_id, "read binary content"):
-            documents = list(self.overflow.find({"_id": {"$in": ids}}, {"data": 1}))
+            documents = list(self.overflow.find({"_id": {"$in": ids}, **self.owned(session_id)}, {"data": 1}))
         for document in documents:
             key, data = chunk_of(document)
             if key is None or data is None:

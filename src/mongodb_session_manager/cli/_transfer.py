@@ -251,7 +251,7 @@ class _SessionImport:
                 stamps[f"feedbacks.{index}.created_at"] = entry["created_at"]
         if stamps:  # the server stamped them now: put back the exported times (a date for a date, same size)
             with translated(repository.client, self.session_id, "restore feedback times"):
-                repository.collection.update_one({"_id": self.session_id}, {"$set": stamps})
+                repository.collection.update_one({"_id": repository.session_key(self.session_id)}, {"$set": stamps})
 
     def agent(self, agent: SessionAgent) -> None:
         self.repository.create_agent(self.session_id, agent)

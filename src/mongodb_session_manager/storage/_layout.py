@@ -48,6 +48,8 @@ from strands.storage.search.keyword import STOP_WORDS, tokenize
 from strands.storage.storage import _normalize_key, _normalize_prefix
 from strands.types.exceptions import StorageError
 
+from .._validation import validate_id
+from ..errors import SessionValidationError
 from ._errors import StorageValidationError
 
 # ----------------------------------------------------------------------------------------- sizes
@@ -177,7 +179,29 @@ def as_bytes(data: Any) -> bytes:
     raise StorageValidationError("data", f"must be bytes, got {type(data).__name__}")
 
 
-def key_range(prefix: str) -> dict[str, str]:
+#: What starts every key stored for a tenant: a backslash, which no key may hold (Strands refuses it).
+TENANT_MARK = "\\"
+
+
+def tenant_root(tenant_id: Any) -> str:
+    """The part of every stored key that scopes it to a tenant: ``\\<tenant_id>\\`` (``""`` for none).
+
+    Keys never hold a backslash, so no key of the storage without a tenant starts with one, and no
+    tenant's area is a prefix of another's (tenant ids hold none either).
+
+    Raises:
+        StorageValidationError: The tenant id is refused (the rules of session ids).
+    """
+    if tenant_id is None:
+        return ""
+    try:
+        validate_id(tenant_id, "tenant_id")
+    except SessionValidationError as e:
+        raise StorageValidationError("tenant_id", e.reason) from None
+    return f"{TENANT_MARK}{tenant_id}{TENANT_MARK}"
+
+
+def key_range(prefix: str) -> dict[str, Any]:
     """A filter on ``_id`` matching exactly the strings that start with ``prefix``.
 
     MongoDB compares strings by their UTF-8 bytes, which is code-point order (Python's), so the keys
@@ -187,7 +211,8 @@ def key_range(prefix: str) -> dict[str, str]:
     prefix matches every string ``_id``.
     """
     if not prefix:
-        return {"$gte": ""}
+        # Every key of the storage without a tenant: not the tenants' keys (see tenant_root).
+        return {"$gte": "", "$not": {"$gte": TENANT_MARK, "$lt": chr(ord(TENANT_MARK) + 1)}}
     chars = list(prefix)
     while chars:
         code = ord(chars[-1])

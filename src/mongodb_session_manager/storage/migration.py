@@ -272,7 +272,7 @@ def _multi_agent_ids(repository: MongoDBSessionRepository, session_id: str) -> l
     (``multi_agents.<encoded id>.id``, see README "How a session is stored").
     """
     pipeline: list[dict[str, Any]] = [
-        {"$match": {"_id": session_id}},
+        {"$match": {"_id": repository.session_key(session_id)}},
         {
             "$project": {
                 "_id": 0,

@@ -283,6 +283,10 @@ class MongoDBStorage:
             instead of the built-in index, as ``S3Storage`` accepts one.
         search_index_bytes: Values up to this size (default 1 MiB, at most 2 MiB) have their words
             indexed for search; larger ones are found by their key's words only.
+        tenant_id: Optional tenant (application) scope: stored keys are ``\\<tenant_id>\\<key>``
+            (a backslash, which no key may hold), so storages of two tenants sharing the collections
+            never read, list, search or delete each other's values, and one without a tenant never
+            sees theirs. Keys, listings and prefixes given and returned stay relative, as without it.
         **client_kwargs: ``MongoClient`` options (pymongo names), with ``connection_string``.
 
     Example:
@@ -307,10 +311,12 @@ class MongoDBStorage:
         ttl: float | Any = None,
         search_strategy: SearchStrategy[MongoDBStorage] | None = None,
         search_index_bytes: int = layout.DEFAULT_SEARCH_INDEX_BYTES,
+        tenant_id: str | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the storage; see the class docstring for the arguments."""
         expiry = layout.Expiry.parse(ttl)
+        root = layout.tenant_root(tenant_id)
         if (
             not isinstance(search_index_bytes, int)
             or isinstance(search_index_bytes, bool)
@@ -322,6 +328,8 @@ class MongoDBStorage:
                 search_index_bytes,
             )
         self._backend = _Backend(connection_string, client, client_kwargs, database_name, collection_name)
+        self.tenant_id: str | None = tenant_id
+        self._root = root  # the tenant's part of every stored key ("" without a tenant)
         self._prefix = ""
         self._expiry = expiry
         self._search_strategy = search_strategy
@@ -337,7 +345,7 @@ class MongoDBStorage:
             StorageBackendError: MongoDB failed; the key holds its old value or the new one, whole.
         """
         relative = layout.normalize_key(key)
-        full = self._prefix + relative
+        full = self._root + self._prefix + relative
         value = layout.as_bytes(data)
         driver = await self._backend.driver()
         with self._errors(full, "write", driver):
@@ -358,7 +366,7 @@ class MongoDBStorage:
             StorageValidationError: The key is refused.
             StorageBackendError: MongoDB failed, or the stored value is damaged (never partial bytes).
         """
-        full = self._prefix + layout.normalize_key(key)
+        full = self._root + self._prefix + layout.normalize_key(key)
         driver = await self._backend.driver()
         with self._errors(full, "read", driver):
             return await self._read(driver, full)
@@ -370,7 +378,7 @@ class MongoDBStorage:
             StorageValidationError: The key is refused.
             StorageBackendError: MongoDB failed.
         """
-        full = self._prefix + layout.normalize_key(key)
+        full = self._root + self._prefix + layout.normalize_key(key)
         driver = await self._backend.driver()
         with self._errors(full, "delete", driver):
             deleted = await driver.delete_one("keys", {"_id": full, **layout.NOTHING_TO_CLEAN})
@@ -391,7 +399,7 @@ class MongoDBStorage:
             StorageValidationError: The prefix is refused (backslashes, ``..`` segments).
             StorageBackendError: MongoDB failed.
         """
-        prefix = self._prefix + layout.normalize_prefix(query)
+        prefix = self._root + self._prefix + layout.normalize_prefix(query)
         driver = await self._backend.driver()
         with self._errors(prefix, "list", driver):
             documents = await driver.find(
@@ -401,7 +409,7 @@ class MongoDBStorage:
                 layout.KEY_EXPIRES_INDEX,
                 layout.LIST_BATCH,
             )
-        cut = len(self._prefix)
+        cut = len(self._root) + len(self._prefix)
         return [document["_id"][cut:] for document in documents]
 
     async def search(self, query: str) -> builtins.list[StorageSearchResult]:
@@ -468,7 +476,7 @@ class MongoDBStorage:
             now = layout.utc_now()
             documents = await driver.find(
                 "keys",
-                {"pending.at": {"$lte": now}, "_id": layout.key_range(self._prefix)},
+                {"pending.at": {"$lte": now}, "_id": layout.key_range(self._root + self._prefix)},
                 {"pending": 1},
                 layout.PENDING_INDEX,
             )
@@ -534,12 +542,12 @@ class MongoDBStorage:
 
     async def _write(self, driver: Driver, full: str, value: bytes) -> None:
         now = layout.utc_now()
-        expires = self._expiry.expires(full, now)
+        expires = self._expiry.expires(full[len(self._root) :], now)
         index_content = len(value) <= self._search_index_bytes
         if index_content and len(value) > _THREAD_TERMS_BYTES and not driver.blocking:
-            terms = await asyncio.to_thread(layout.terms_for, full, value, True)
+            terms = await asyncio.to_thread(layout.terms_for, full[len(self._root) :], value, True)
         else:
-            terms = layout.terms_for(full, value, index_content)
+            terms = layout.terms_for(full[len(self._root) :], value, index_content)
         if layout.fits_inline(full, len(value), terms):
             plain = layout.write_plain(value, terms, expires)
             try:
@@ -670,7 +678,7 @@ class MongoDBStorage:
             {
                 "$match": {
                     "terms": {"$in": terms},
-                    "_id": layout.key_range(self._prefix),
+                    "_id": layout.key_range(self._root + self._prefix),
                     "expires": {"$gt": layout.utc_now()},
                 }
             },
@@ -683,7 +691,7 @@ class MongoDBStorage:
             },
         ]
         rows = await driver.aggregate("keys", pipeline, layout.TERMS_INDEX)
-        cut = len(self._prefix)
+        cut = len(self._root) + len(self._prefix)
         found: builtins.list[tuple[str, int, bytes | None]] = []
         unread: builtins.list[str] = []
         for row in rows:
