@@ -23,6 +23,8 @@ from typing import Any
 
 from pymongo import MongoClient
 
+from ._encryption import encryption_table
+from ._encryption import measure as measure_encryption
 from ._harness import Traffic, machine_facts
 from ._report import Table, count, ms, ratio
 from ._scenarios import IMAGE_EVERY, LONG_THRESHOLD, WINDOW, Append, Bench, LongRestore, Results, Settings, run_all
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(uri, settings)
     try:
         results = run_all(bench, lambda step: print(f"  measuring: {step}", file=sys.stderr, flush=True))
+        print("  measuring: encryption at rest, encrypted against plain", file=sys.stderr, flush=True)
+        results.encryption = measure_encryption(bench)
     finally:
         bench.close()
     elapsed = time.perf_counter() - started
@@ -402,6 +406,8 @@ def build_tables(results: Results) -> list[Table]:
         tables.append(load)
     if results.unified_storage:
         tables.append(storage_table(results.unified_storage))
+    if results.encryption is not None:
+        tables.append(encryption_table(results.encryption))
     return tables
 
 

@@ -215,6 +215,7 @@ class Results:
     offloaded: Offloaded | None = None
     durability: list[Durability] = field(default_factory=list)
     unified_storage: list[StorageOp] = field(default_factory=list)
+    encryption: Any = None  # _encryption.EncryptionCost (measured by __main__, after run_all)
 
 
 # ---------------------------------------------------------------------------------------------- data

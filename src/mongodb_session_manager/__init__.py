@@ -5,6 +5,7 @@ process-wide connection pool; and a session manager that adds metrics, metadata 
 """
 
 from ._encryption import ClientSideEncryption, data_key_name
+from ._migration import encrypt_session
 from ._version import __version__
 from .errors import (
     AWSHooksUnavailableError,
@@ -61,6 +62,7 @@ __all__ = [
     "create_metadata_sqs_hook",
     "create_mongodb_session_manager",
     "data_key_name",
+    "encrypt_session",
     "get_global_factory",
     "initialize_global_factory",
     "is_feedback_sns_hook_available",

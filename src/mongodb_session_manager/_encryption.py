@@ -346,12 +346,17 @@ class Encryption:
         return key_id
 
     def delete_key(self, name: str) -> int:
-        """Delete the data key called ``name`` from the key vault: what it encrypted is unreadable."""
-        self._ids.drop(name)
+        """Delete the data key called ``name`` from the key vault: what it encrypted is unreadable.
+
+        This process's key cache is dropped too (libmongocrypt cannot evict one key, and a cached
+        deleted key would still encrypt and decrypt here): other sessions' keys are fetched again.
+        """
         try:
             deleted: int = self.vault.delete_many({"keyAltNames": name}).deleted_count
         except PyMongoError as e:
             raise SessionEncryptionError(f"cannot delete a data key: {_reason(e)}") from e
+        finally:
+            self.forget()
         return deleted
 
     def forget(self) -> None:

@@ -59,7 +59,16 @@ def with_growth(update: Any, grows_by: int) -> Any:
     return {**update, "$inc": {**update.get("$inc", {}), "size_estimate": grows_by}}
 
 
-def feedback_pipeline(rating: Any, comment: str) -> list[dict[str, Any]]:
+def with_key(update: Any, key_id: Any) -> Any:
+    """``update`` that also records the session's data key id (``encryption_key``), when there is one."""
+    if key_id is None:
+        return update
+    if isinstance(update, list):  # a pipeline update
+        return [*update, {"$set": {"encryption_key": {"$literal": key_id}}}]
+    return {**update, "$set": {**update.get("$set", {}), "encryption_key": key_id}}
+
+
+def feedback_pipeline(rating: Any, comment: Any) -> list[dict[str, Any]]:
     """A pipeline update appending a feedback entry stamped by the server's clock (``$$NOW``).
 
     ``$literal`` keeps user text such as ``"$field"`` from being read as an expression.
@@ -87,7 +96,13 @@ def storage_state_pipeline(key: Any) -> list[dict[str, Any]]:
 
 
 #: The fields a failed guarded write reads to find out why (see ``storage_state_pipeline``).
-STORAGE_STATE_FIELDS: dict[str, Any] = {"_id": 0, "size_estimate": 1, "companions_until": 1, "companions_ttl": 1}
+STORAGE_STATE_FIELDS: dict[str, Any] = {
+    "_id": 0,
+    "size_estimate": 1,
+    "companions_until": 1,
+    "companions_ttl": 1,
+    "encryption_key": 1,
+}
 
 
 def message_layout_pipeline(key: Any) -> list[dict[str, Any]]:
@@ -132,6 +147,33 @@ def snapshot_pipeline(key: Any) -> list[dict[str, Any]]:
                 "session_type": 1,
                 "created_at": 1,
                 "updated_at": 1,
+                "agents": {
+                    "$arrayToObject": {
+                        "$map": {
+                            "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                            "as": "agent",
+                            "in": {"k": "$$agent.k", "v": agent_fields},
+                        }
+                    }
+                },
+            }
+        },
+    ]
+
+
+def encryption_state_pipeline(key: Any) -> list[dict[str, Any]]:
+    """What the one-off encryption of a session reads: every field except messages (each agent's
+    fields and message counter, multi-agent state, metadata, feedback)."""
+    names = (*AGENT_FIELDS, "message_count")
+    agent_fields = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in names}
+    return [
+        {"$match": {"_id": key}},
+        {
+            "$project": {
+                "_id": 0,
+                "multi_agents": 1,
+                "metadata": 1,
+                "feedbacks": 1,
                 "agents": {
                     "$arrayToObject": {
                         "$map": {

@@ -34,10 +34,11 @@ from pymongo import MongoClient, ReturnDocument
 from pymongo.collection import Collection
 
 from ._documents import aware, session_key, session_missing, utc_now
+from ._encryption import KEY_FIELD, KEY_FIELD_BYTES
 from ._indexes import ExpiryView, read_activity_ttl
 from ._overflow import companions_deadline, companions_expiry
-from ._pipelines import STORAGE_STATE_FIELDS, guard_conditions, storage_state_pipeline, with_growth
-from .errors import SessionTooLargeError, translated
+from ._pipelines import STORAGE_STATE_FIELDS, guard_conditions, storage_state_pipeline, with_growth, with_key
+from .errors import SessionEncryptionError, SessionTooLargeError, translated
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Write:
         array_filters: ``array_filters`` of the update.
         returning: A projection of the document to return.
         before: Return the document as it was before the update (else after).
+        key_id: The data key the written values are encrypted with: the write applies only to a
+            session recording that key (or none yet, which it then records), the key fence.
+        key_created: The key was created for this write (the session records it from now on).
     """
 
     query: dict[str, Any]
@@ -114,6 +118,8 @@ class Write:
     array_filters: list[dict[str, Any]] | None = None
     returning: dict[str, Any] | None = None
     before: bool = False
+    key_id: Any = None
+    key_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,7 @@ class StorageState:
     estimate: int | None
     companions_until: datetime | None
     companions_ttl: Any
+    key: Any = None
 
 
 class SessionStore:
@@ -156,6 +163,7 @@ class SessionStore:
         self.threshold = threshold
         self.expiry = expiry
         self.remedies: Remedies  # set by OverflowIO(store)
+        self.encryption: Any = None  # _encryption.Encryption, set by the repository when it encrypts
 
     # ------------------------------------------------------------------ keys
 
@@ -259,14 +267,20 @@ class SessionStore:
         if grows_by is None:
             with self.errors(session_id, write.operation, write.field):
                 grows_by = 0 if write.payload is None else encoded_size(write.payload)
-        update = with_growth(write.update, grows_by)
+        fence: dict[str, Any] = {}
+        if write.key_id is not None:
+            grows_by += KEY_FIELD_BYTES if write.key_created else 0
+            fence = {KEY_FIELD: {"$in": [write.key_id, None]}}
+        update = with_growth(with_key(write.update, write.key_id), grows_by)
         extended = compacted = False
         unexplained = 0
         while True:
             limit = None if compacted else write.size_limit
             conditions = guard_conditions(self.expiry.seconds, self.companions_deadline(), limit)
             try:
-                matched, document = self._send(session_id, {**write.query, **conditions}, update, write, grows_by)
+                matched, document = self._send(
+                    session_id, {**write.query, **conditions, **fence}, update, write, grows_by
+                )
             except SessionTooLargeError as e:
                 if compacted or not e.refused_by_server or not self.remedies.move_old_messages(session_id):
                     raise
@@ -277,6 +291,13 @@ class SessionStore:
             state = self.state(session_id, measure=write.size_limit is not None and not compacted)
             if state is None:
                 return False, None
+            if write.key_id is not None and state.key not in (None, write.key_id):
+                if self.encryption is not None:
+                    self.encryption.forget()
+                raise SessionEncryptionError(
+                    f"session_id=<{session_id}> | {write.operation}: the session's data key changed (the session was "
+                    "deleted and created again by another process); nothing was written, retry"
+                )
             retry, extended, compacted = self._remedy(session_id, write, state, extended, compacted)
             if not retry:
                 # Our conditions hold now. If the caller's own do too, another writer fixed what
@@ -348,6 +369,7 @@ class SessionStore:
             document.get("size_estimate"),
             document.get("companions_until"),
             document.get("companions_ttl"),
+            document.get(KEY_FIELD),
         )
 
     def correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:
