@@ -33,7 +33,6 @@ class Side:
 
     timing: Timing
     traffic: Traffic
-    stored_bytes: int
 
 
 @dataclass
@@ -64,10 +63,6 @@ def measure(bench: Bench) -> EncryptionCost:
             encryption=encryption if encrypted else None,
         )
 
-    def stored_bytes(encrypted: bool) -> int:
-        stats = bench.client[bench.database_name].command("collStats", collections[encrypted])
-        return int(stats.get("size", 0))
-
     # A turn of a new agent (user message, assistant reply with metrics).
     def fresh(encrypted: bool) -> Any:
         return lambda _: new_agent(manager(encrypted, bench.session_id(f"turn{int(encrypted)}")))
@@ -76,9 +71,7 @@ def measure(bench: Bench) -> EncryptionCost:
         bench.settings.repeats,
         [Contestant(lambda agent: agent(USER_TEXT), fresh(enc), bench.recorder.take) for enc in (False, True)],
     )
-    turn_sides = tuple(
-        Side(timing, traffic, stored_bytes(enc)) for (timing, traffic), enc in zip(turns, (False, True), strict=True)
-    )
+    turn_sides = tuple(Side(timing, traffic) for timing, traffic in turns)
 
     # A restore of a stored conversation, written through the library on both sides.
     ids = {enc: bench.session_id(f"restore{int(enc)}") for enc in (False, True)}
@@ -99,9 +92,7 @@ def measure(bench: Bench) -> EncryptionCost:
         bench.settings.repeats, [Contestant(restore(enc), capture=bench.recorder.take) for enc in (False, True)]
     )
     assert restored == {min(STORED, WINDOW)}, restored
-    restore_sides = tuple(
-        Side(timing, traffic, 0) for (timing, traffic), _enc in zip(restores, (False, True), strict=True)
-    )
+    restore_sides = tuple(Side(timing, traffic) for timing, traffic in restores)
     return EncryptionCost(turn_sides, restore_sides)  # type: ignore[arg-type]
 
 

@@ -189,7 +189,7 @@ def test_clear_fields_stay_clear(repo: MongoDBSessionRepository) -> None:
     assert all(isinstance(m["message"], bytes) and m["message"].subtype == 6 for m in stored["messages"])
     assert sorted(document["metadata"]) == ["priority", "topic"]
     assert document["feedbacks"][0]["rating"] == "up" and document["feedbacks"][0]["comment"].subtype == 6
-    assert isinstance(document["size_estimate"], int)
+    assert document["size_estimate"] >= len(bson.encode(document))  # the 16 MB accounting counts ciphertext
     assert (
         document["encryption_key"]
         == repo.client[repo.database_name]["vault"].find_one(
@@ -466,3 +466,17 @@ def test_manager_factory_graph_and_swarm_store_nothing_readable(
         assert manager.get_feedbacks()[0]["comment"] == MARKER
         graph_state = manager.mongodb_repository.read_multi_agent("graph", "pipeline")
         assert graph_state is not None and graph_state["status"] == "completed"
+
+
+def test_the_command_line_says_content_is_encrypted(repo: MongoDBSessionRepository, mongodb_uri: str) -> None:
+    from tests.support.cli_run import run_main
+
+    _store_session(repo, "s7")
+    for command in (["show", "s7"], ["export", "s7"]):
+        done = run_main(mongodb_uri, *command, "--database", repo.database_name)
+        assert done.returncode != 0, command
+        assert "encrypted at rest" in done.stderr and MARKER not in done.stdout + done.stderr, command
+    for command in (["list"], ["stats"], ["verify", "s7"]):
+        done = run_main(mongodb_uri, *command, "--database", repo.database_name)
+        assert done.returncode == 0, (command, done.stdout, done.stderr)
+        assert MARKER not in done.stdout, command

@@ -35,17 +35,24 @@ from .._documents import (
     encode_field_name,
     session_key,
 )
+from .._encryption import ENCRYPTED_AGENT_FIELDS, ENCRYPTED_ENTRY_FIELDS, is_ciphertext
 from .._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
 from .._pipelines import buckets_pipeline, messages_pipeline, metadata_equals, snapshot_pipeline
 from .._validation import validate_id, validate_metadata
-from ..errors import SessionNotFoundError, SessionStorageError, SessionValidationError, translated
+from ..errors import (
+    SessionEncryptionError,
+    SessionNotFoundError,
+    SessionStorageError,
+    SessionValidationError,
+    translated,
+)
 
 __all__ = ["ENTRY_BOOKKEEPING", "PAGE", "Source", "split_entry"]
 
 #: Sessions per page when walking a collection, messages per page when reading a history.
 PAGE = 500
 #: Fields the repository keeps beside a stored message for itself (not exported, never restored).
-ENTRY_BOOKKEEPING = frozenset({"blobs"})
+ENTRY_BOOKKEEPING = frozenset({"blobs", "role"})
 _ATTEMPTS = 5
 
 
@@ -182,6 +189,7 @@ class Source:
             return None
         agents = {}
         for stored in (documents[0].get("agents") or {}).values():
+            _refuse_ciphertext(session_id, [stored.get(name) for name in ENCRYPTED_AGENT_FIELDS])
             agent = document_to_agent(stored, session_id)
             agents[agent.agent_id] = agent
         return document_to_session(documents[0]), agents
@@ -195,6 +203,14 @@ class Source:
         document = self.document(session_id, {"metadata": 1, "feedbacks": 1, "multi_agents": 1, "updated_date": 1})
         if document is None:
             raise SessionNotFoundError(f"session_id=<{session_id}> | session does not exist")
+        _refuse_ciphertext(
+            session_id,
+            [
+                *(document.get("metadata") or {}).values(),
+                *(entry.get("comment") for entry in document.get("feedbacks") or [] if isinstance(entry, Mapping)),
+                *(s.get("state") for s in (document.get("multi_agents") or {}).values() if isinstance(s, Mapping)),
+            ],
+        )
         multi_agents = {}
         for stored in (document.get("multi_agents") or {}).values():
             if isinstance(stored, Mapping) and isinstance(stored.get("id"), str):
@@ -244,6 +260,8 @@ class Source:
                 if attempt == _ATTEMPTS - 1:
                     raise
         for index, entry in enumerate(entries):
+            if isinstance(entry, dict):
+                _refuse_ciphertext(session_id, [entry.get(name) for name in ENCRYPTED_ENTRY_FIELDS])
             if not isinstance(entry, dict) or entry.get("message_id") != offset + index or "message" not in entry:
                 raise SessionStorageError(
                     f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{offset + index}> | stored "
@@ -344,3 +362,12 @@ _LENIENT: CodecOptions[dict[str, Any]] = CodecOptions(
 def _decoded(document: RawBSONDocument) -> Mapping[str, Any]:
     decoded: dict[str, Any] = bson.decode(document.raw, codec_options=_LENIENT)
     return decoded
+
+
+def _refuse_ciphertext(session_id: str, values: Any) -> None:
+    """Refuse, clearly, to show or export content encrypted at rest (the command line holds no keys)."""
+    if any(is_ciphertext(value) for value in values):
+        raise SessionEncryptionError(
+            f"session_id=<{session_id}> | its content is encrypted at rest (client-side field level encryption); "
+            "the command line does not decrypt it: read it through a repository built with encryption="
+        )
