@@ -1,4 +1,4 @@
-# One target per habit: make install | test | lint | format | demo | bench | clean
+# One target per habit: make install | test | lint | format | demo | bench | capacity | clean
 # Extra pytest arguments: make test PYTEST_ARGS="-k contract -x"
 #
 # Works as the first command on a machine with only Python 3.11+ and make: `uv` is used from PATH
@@ -16,7 +16,7 @@ export UV_PYTHON ?= $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 WITH_SERVER = $(UV) run python scripts/test_server.py run --
 PYTEST_ARGS ?=
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install test lint format demo bench capacity clean
 
 install:
 	@uv="$$($(PYTHON) scripts/bootstrap.py)" && echo "==> uv: $$uv" && \
@@ -43,6 +43,9 @@ demo: install
 
 bench: install
 	$(WITH_SERVER) python -m benchmarks
+
+capacity: install
+	$(WITH_SERVER) python -m benchmarks.capacity
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist

@@ -5,6 +5,7 @@ process-wide connection pool; and a session manager that adds metrics, metadata 
 """
 
 from ._encryption import ClientSideEncryption, data_key_name
+from ._indexes import SHARD_KEYS, shard_collection_commands
 from ._migration import encrypt_session
 from ._version import __version__
 from .errors import (
@@ -39,6 +40,7 @@ from .storage import MongoDBStorage, migrate_sessions
 
 __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
+    "SHARD_KEYS",
     "AWSHooksUnavailableError",
     "ClientSideEncryption",
     "FeedbackSNSHook",
@@ -68,4 +70,5 @@ __all__ = [
     "is_feedback_sns_hook_available",
     "is_metadata_sqs_hook_available",
     "migrate_sessions",
+    "shard_collection_commands",
 ]

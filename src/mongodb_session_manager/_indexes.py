@@ -31,7 +31,27 @@ from .errors import translated
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExpiryView", "ensure_overflow_indexes", "ensure_session_indexes", "read_activity_ttl"]
+__all__ = [
+    "SHARD_KEYS",
+    "ExpiryView",
+    "ensure_overflow_indexes",
+    "ensure_session_indexes",
+    "read_activity_ttl",
+    "shard_collection_commands",
+]
+
+#: The shard key of each collection the library writes, by role (see docs/scaling.md). Every command
+#: the library sends for one session or one storage key carries an equality on it, so a sharded
+#: cluster routes it to one shard. The only unique index of each collection is ``_id``'s: on the
+#: sessions and storage key collections ``_id`` is the shard key; overflow documents (ObjectId
+#: buckets, ``{b: ObjectId, n}`` chunks) and storage chunks (``"<ObjectId hex>:<n>"``) have ids unique
+#: by construction, which is all MongoDB asks of ``_id`` on a collection sharded on another field.
+SHARD_KEYS: dict[str, dict[str, Any]] = {
+    "sessions": {"_id": "hashed"},  # the session key: the session id, or {tenant, session}
+    "overflow": {"session_id": "hashed"},  # moved-message buckets and binary chunks: their session's key
+    "storage": {"_id": "hashed"},  # MongoDBStorage: the full key
+    "storage_chunks": {"key": "hashed"},  # MongoDBStorage's chunks of large values: their full key
+}
 
 #: Server error codes of ``createIndexes`` when an index of that name or key exists with other options.
 INDEX_OPTIONS_CONFLICT = 85
@@ -53,6 +73,35 @@ _lock = threading.Lock()
 # (deployment, database, collection, configured TTL) -> TTL in force on the collection.
 _sessions: dict[tuple[Any, ...], ExpiryView] = {}
 _overflow: set[tuple[Any, ...]] = set()
+
+
+def shard_collection_commands(
+    database_name: str,
+    collection_name: str = "sessions",
+    overflow_collection_name: str | None = None,
+    storage_collection_name: str | None = "storage",
+) -> list[dict[str, Any]]:
+    """The ``shardCollection`` commands an operator runs (on ``mongos``, ``admin`` database) to shard
+    the library's collections on :data:`SHARD_KEYS`.
+
+    Args:
+        database_name: The database.
+        collection_name: The sessions collection.
+        overflow_collection_name: Its overflow collection (default ``"<collection_name>_overflow"``).
+        storage_collection_name: ``MongoDBStorage``'s key collection (its chunks are ``<name>_chunks``);
+            ``None`` leaves the storage collections out.
+
+    Example:
+        ```python
+        for command in shard_collection_commands("chat"):
+            print(command)  # client.admin.command(command) on a sharded cluster
+        ```
+    """
+    overflow = overflow_collection_name or f"{collection_name}_overflow"
+    targets = [(collection_name, "sessions"), (overflow, "overflow")]
+    if storage_collection_name is not None:
+        targets += [(storage_collection_name, "storage"), (f"{storage_collection_name}_chunks", "storage_chunks")]
+    return [{"shardCollection": f"{database_name}.{name}", "key": dict(SHARD_KEYS[role])} for name, role in targets]
 
 
 def client_identity(client: Any) -> Any:

@@ -16,6 +16,7 @@ from bson.binary import Binary
 from bson.objectid import ObjectId
 
 from ._codec import decode_value
+from ._consistency import session_option
 from ._documents import encode_field_name
 from ._encryption import ENCRYPTED_SUBTYPE, open_entry
 from ._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
@@ -95,11 +96,13 @@ class Reader:
         entries: list[dict[str, Any]] = []
         descriptors = checked_descriptors(stored.get("overflow"), session_id, agent_id)
         if descriptors:
-            with self.store.errors(session_id, "read moved messages"):
+            with self.store.causal(session_id) as session, self.store.errors(session_id, "read moved messages"):
                 pipeline = buckets_pipeline(
                     self.store.key(session_id), [d["id"] for d in descriptors], offset, limit, fields
                 )
-                buckets = {doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline)}
+                buckets = {
+                    doc["_id"]: doc for doc in self.store.overflow.aggregate(pipeline, **session_option(session))
+                }
             for descriptor in sorted(descriptors, key=lambda d: d["first"]):
                 bucket = buckets.get(descriptor["id"])
                 if bucket is None:
@@ -145,10 +148,9 @@ class Reader:
             plain: list[dict[str, Any]] = decode_value(entries)
             return plain
         chunk_ids = [chunk for ref in refs for chunk in ref.chunk_ids()]
-        with self.store.errors(session_id, "read binary content"):
-            documents = list(
-                self.store.overflow.find({"_id": {"$in": chunk_ids}, **self.store.owned(session_id)}, {"data": 1})
-            )
+        query = {"_id": {"$in": chunk_ids}, **self.store.owned(session_id)}
+        with self.store.causal(session_id) as session, self.store.errors(session_id, "read binary content"):
+            documents = list(self.store.overflow.find(query, {"data": 1}, **session_option(session)))
         chunks: dict[tuple[ObjectId, int], bytes] = {}
         for doc in documents:
             key, data = chunk_of(doc)

@@ -31,8 +31,10 @@ from typing import Any, Protocol
 
 import bson
 from pymongo import MongoClient, ReturnDocument
+from pymongo.client_session import ClientSession
 from pymongo.collection import Collection
 
+from ._consistency import Causality, session_option
 from ._documents import aware, session_key, session_missing, utc_now
 from ._encryption import KEY_FIELD, KEY_FIELD_BYTES
 from ._indexes import ExpiryView, read_activity_ttl
@@ -162,6 +164,7 @@ class SessionStore:
         self.overflow = overflow
         self.threshold = threshold
         self.expiry = expiry
+        self.causality = Causality(client, collection)
         self.remedies: Remedies  # set by OverflowIO(store)
         self.encryption: Any = None  # _encryption.Encryption, set by the repository when it encrypts
 
@@ -179,6 +182,12 @@ class SessionStore:
     def scope(self) -> dict[str, Any]:
         """The filter condition selecting this store's sessions among all (listing, TTL migration)."""
         return {"tenant": self.tenant_id if self.tenant_id is not None else {"$exists": False}}
+
+    def causal(self, session_id: str) -> AbstractContextManager[ClientSession | None]:
+        """The causally consistent ``ClientSession`` of one operation on the session, chained to its last
+        write, when reads may go to a secondary; ``None`` (no session) with primary reads (see
+        :mod:`._consistency`). Every command of the operation passes it (``session_option``)."""
+        return self.causality.session(self.key(session_id))
 
     # ------------------------------------------------------------------ errors and reads
 
@@ -212,14 +221,14 @@ class SessionStore:
         self, session_id: str, query: dict[str, Any], projection: dict[str, Any], operation: str
     ) -> dict[str, Any] | None:
         """``find_one`` on the sessions collection, errors translated."""
-        with self.errors(session_id, operation):
-            document: dict[str, Any] | None = self.collection.find_one(query, projection)
+        with self.causal(session_id) as session, self.errors(session_id, operation):
+            document: dict[str, Any] | None = self.collection.find_one(query, projection, **session_option(session))
         return document
 
     def aggregate(self, session_id: str, pipeline: list[dict[str, Any]], operation: str) -> list[dict[str, Any]]:
         """``aggregate`` on the sessions collection, errors translated."""
-        with self.errors(session_id, operation):
-            return list(self.collection.aggregate(pipeline))
+        with self.causal(session_id) as session, self.errors(session_id, operation):
+            return list(self.collection.aggregate(pipeline, **session_option(session)))
 
     # ------------------------------------------------------------------ expiry
 
@@ -312,9 +321,11 @@ class SessionStore:
     def _send(
         self, session_id: str, filter_: dict[str, Any], update: Any, write: Write, grows_by: int
     ) -> tuple[bool, dict[str, Any] | None]:
-        with self.errors(session_id, write.operation, write.field, grows_by):
+        with self.causal(session_id) as session, self.errors(session_id, write.operation, write.field, grows_by):
             if write.returning is None:
-                result = self.collection.update_one(filter_, update, array_filters=write.array_filters)
+                result = self.collection.update_one(
+                    filter_, update, array_filters=write.array_filters, **session_option(session)
+                )
                 return result.matched_count > 0, None
             document: dict[str, Any] | None = self.collection.find_one_and_update(
                 filter_,
@@ -322,6 +333,7 @@ class SessionStore:
                 projection=write.returning,
                 array_filters=write.array_filters,
                 return_document=ReturnDocument.BEFORE if write.before else ReturnDocument.AFTER,
+                **session_option(session),
             )
             return document is not None, document
 

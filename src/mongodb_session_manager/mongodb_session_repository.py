@@ -36,6 +36,7 @@ from strands.session.session_repository import SessionRepository
 from strands.types.session import Session, SessionAgent, SessionMessage
 
 from ._codec import MAX_MESSAGE_BYTES, decode_value, encode_entry, encode_value, same_message
+from ._consistency import session_option
 from ._documents import (
     AGENT_FIELDS,
     agent_to_fields,
@@ -337,7 +338,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
     def _refuse_deleted_key(self, session_id: str) -> None:
         """The session's data key is missing: refuse if the session had one (it was deleted), else let
         the session, written before encryption was turned on, get its key now."""
-        document = self._store.find_one(session_id, {"_id": session_id}, {KEY_FIELD: 1}, "read session key")
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {KEY_FIELD: 1}, "read session key"
+        )
         if document is None:
             raise session_missing(session_id)
         if document.get(KEY_FIELD) is not None:
@@ -415,8 +418,11 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             document[KEY_FIELD] = self.encryption.create_key(self._key_name(session_id))
         document["size_estimate"] = len(bson.encode(document)) + ESTIMATE_FIELD
         exists = f"session_id=<{session_id}> | session already exists"
-        with self._store.errors(session_id, "create session", "session", on_duplicate=exists):
-            self.collection.insert_one(document)
+        with (
+            self._store.causal(session_id) as causal,
+            self._store.errors(session_id, "create session", "session", on_duplicate=exists),
+        ):
+            self.collection.insert_one(document, **session_option(causal))
         logger.debug("session_id=<%s> | session created", session_id)
         return session
 

@@ -480,3 +480,27 @@ def test_the_command_line_says_content_is_encrypted(repo: MongoDBSessionReposito
         done = run_main(mongodb_uri, *command, "--database", repo.database_name)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         assert MARKER not in done.stdout, command
+
+
+def test_tenants_have_their_own_keys(mongodb_uri: str, database_name: str, encryption: ClientSideEncryption) -> None:
+    repos = {
+        tenant: MongoDBSessionRepository(
+            mongodb_uri, database_name=database_name, encryption=encryption, tenant_id=tenant
+        )
+        for tenant in ("t1", "t2")
+    }
+    try:
+        for tenant, repo in repos.items():
+            repo.create_session(Session(session_id="same", session_type=SessionType.AGENT))
+            repo.update_metadata("same", {"owner": f"{tenant} {MARKER}"})
+        vault = repos["t1"].client[database_name]["vault"]
+        names = {tenant: data_key_name("same", tenant, namespace=f"{database_name}.sessions") for tenant in repos}
+        assert all(vault.count_documents({"keyAltNames": name}) == 1 for name in names.values())
+        repos["t1"].delete_session("same")
+        assert vault.count_documents({"keyAltNames": names["t1"]}) == 0
+        assert vault.count_documents({"keyAltNames": names["t2"]}) == 1
+        assert repos["t2"].get_metadata("same") == {"owner": f"t2 {MARKER}"}
+        _assert_no_plaintext(repos["t2"])
+    finally:
+        for repo in repos.values():
+            repo.close()

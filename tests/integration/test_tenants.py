@@ -9,6 +9,7 @@ messages and offloaded binaries, metadata, feedback. ``MongoDBStorage`` gets the
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from mongodb_session_manager import (
     SessionNotFoundError,
     SessionValidationError,
 )
+from tests.support.cli_run import main_json, run_main
 
 THRESHOLD = 16 * 1024
 OFFLOAD = 2048
@@ -209,3 +211,22 @@ async def _storage_tenants(client: MongoClient[dict[str, Any]], database_name: s
     assert await stores[None].read("session/s1/snapshot.json") is None
     assert await stores["acme"].read("session/s1/snapshot.json") == b"value of acme"
     assert stores["acme"].prefix == "" and stores["acme"].namespace("memory").prefix == "memory/"
+
+
+def test_the_operator_cli_addresses_one_tenant(
+    repos: dict[str | None, MongoDBSessionRepository], mongodb_uri: str, database_name: str
+) -> None:
+    _fill(repos["acme"], "acme")
+    _fill(repos[None], None, session_id="plain")
+    acme = main_json(mongodb_uri, "list", "--database", database_name, "--tenant", "acme")
+    plain = main_json(mongodb_uri, "list", "--database", database_name)
+    assert [row["session_id"] for row in _rows(acme)] == ["same"]
+    assert [row["session_id"] for row in _rows(plain)] == ["plain"]
+    shown = main_json(mongodb_uri, "show", "same", "--database", database_name, "--tenant", "acme")
+    assert "acme 1 " in json.dumps(shown)
+    missing = run_main(mongodb_uri, "show", "same", "--database", database_name)  # not without the tenant
+    assert missing.returncode == 1 and "same" in missing.stderr
+
+
+def _rows(listing: Any) -> list[dict[str, Any]]:
+    return listing["sessions"] if isinstance(listing, dict) else listing

@@ -44,6 +44,9 @@ def read(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
+    from tests.support.command_audit import install_in_worker
+
+    install_in_worker()  # this process's commands are audited too (see command_audit)
     with open(argv[0], encoding="utf-8") as handle:
         request = json.load(handle)
     try:

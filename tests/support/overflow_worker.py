@@ -175,4 +175,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    from tests.support.command_audit import install_in_worker
+
+    install_in_worker()
     sys.exit(main())

@@ -391,4 +391,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from tests.support.command_audit import install_in_worker
+
+    install_in_worker()
     sys.exit(main(sys.argv[1:]))

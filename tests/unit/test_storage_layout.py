@@ -286,14 +286,14 @@ def test_cleanup_takes_dead_versions_now_and_live_ones_only_past_their_grace() -
     assert not layout.cleanup_of(None, now)
 
 
-def test_chunks_are_deleted_by_exact_id_when_their_count_is_known() -> None:
+def test_chunks_are_deleted_by_exact_id_when_their_count_is_known_and_always_by_their_key() -> None:
     known, unknown = ObjectId(), ObjectId()
-    assert layout.chunk_deletions([(known, 2)]) == [{"_id": {"$in": layout.chunk_ids(known, 2)}}]
-    assert layout.chunk_deletions([(known, 1), (unknown, None)]) == [
-        {"_id": {"$in": [layout.chunk_id(known, 0)]}},
-        {"_id": layout.chunk_range(unknown)},
+    assert layout.chunk_deletions("k", [(known, 2)]) == [{"key": "k", "_id": {"$in": layout.chunk_ids(known, 2)}}]
+    assert layout.chunk_deletions("k", [(known, 1), (unknown, None)]) == [
+        {"key": "k", "_id": {"$in": [layout.chunk_id(known, 0)]}},
+        {"key": "k", "_id": layout.chunk_range(unknown)},
     ]
-    assert layout.chunk_deletions([]) == []
+    assert layout.chunk_deletions("k", []) == []
 
 
 def test_no_update_pipeline_interprets_stored_text_as_an_expression() -> None:

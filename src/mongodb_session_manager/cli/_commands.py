@@ -80,12 +80,19 @@ _SUMMARY_AGENTS = {
 }
 
 
+def _session_of(key: Any) -> Any:
+    """The session id in a session key (``{tenant, session}`` with a tenant)."""
+    return key.get("session") if isinstance(key, Mapping) else key
+
+
 def _summaries(source: Source, ids: list[str]) -> list[dict[str, Any]]:
     """One page of sessions with their agents, message counts, sizes (document and overflow) and metadata."""
+    keys = [source.key(session_id) for session_id in ids]
     pipeline: list[dict[str, Any]] = [
-        {"$match": {"_id": {"$in": ids}}},
+        {"$match": {"_id": {"$in": keys}}},
         {
             "$project": {
+                "session_id": 1,
                 "session_type": 1,
                 "created_at": 1,
                 "updated_at": 1,
@@ -98,12 +105,12 @@ def _summaries(source: Source, ids: list[str]) -> list[dict[str, Any]]:
         },
     ]
     overflow_pipeline: list[dict[str, Any]] = [
-        {"$match": {"session_id": {"$in": ids}}},
+        {"$match": {"session_id": {"$in": keys}}},
         {"$group": {"_id": "$session_id", "bytes": {"$sum": {"$bsonSize": "$$ROOT"}}, "documents": {"$sum": 1}}},
     ]
     with source.errors(None, "summarise sessions"):
-        documents = {doc["_id"]: doc for doc in source.collection.aggregate(pipeline)}
-        overflow = {doc["_id"]: doc for doc in source.overflow.aggregate(overflow_pipeline)}
+        documents = {doc.get("session_id", doc["_id"]): doc for doc in source.collection.aggregate(pipeline)}
+        overflow = {_session_of(doc["_id"]): doc for doc in source.overflow.aggregate(overflow_pipeline)}
     summaries = []
     for session_id in ids:
         doc = documents.get(session_id)

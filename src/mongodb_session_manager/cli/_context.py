@@ -42,6 +42,7 @@ class Context:
         database: ``--database``.
         collection: ``--collection``.
         overflow_collection: ``--overflow-collection`` (default ``<collection>_overflow``).
+        tenant: ``--tenant``: the tenant whose sessions are addressed (``None``: no tenant).
         client_options: ``MongoClient`` options from the command line (``timeoutMS``).
         repository_options: ``binary_offload_bytes`` and ``overflow_threshold_bytes`` for writes.
         json: Print JSON for scripts instead of text for people.
@@ -52,6 +53,7 @@ class Context:
     database: str
     collection: str
     overflow_collection: str | None = None
+    tenant: str | None = None
     client_options: dict[str, Any] = field(default_factory=dict)
     repository_options: dict[str, Any] = field(default_factory=dict)
     json: bool = False
@@ -81,7 +83,9 @@ class Context:
         if self._source is None:
             if self._lease is None:
                 self._lease = acquire_shared_client(self.uri, **self.client_options)
-            self._source = Source(self._lease.client, self.database, self.collection, self.overflow_name)
+            self._source = Source(
+                self._lease.client, self.database, self.collection, self.overflow_name, tenant_id=self.tenant
+            )
         if must_exist and not self._source.exists():
             raise UsageError(f"there is no collection {self.where}: check --database and --collection")
         return self._source

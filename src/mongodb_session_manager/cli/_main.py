@@ -9,11 +9,12 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from pymongo.errors import PyMongoError
 
 from .._secrets import scrub, uri_secrets
+from .._validation import validate_tenant_id
 from .._version import __version__
 from ..errors import MongoDBSessionError, SessionValidationError
 from ..mongodb_session_repository import (
@@ -55,6 +56,11 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
     )
     group.add_argument(
         "--overflow-collection", default=default(None), help="overflow collection (default: <collection>_overflow)"
+    )
+    group.add_argument(
+        "--tenant",
+        default=default(None),
+        help="the tenant whose sessions to address (default: sessions stored without a tenant)",
     )
     group.add_argument(
         "--timeout",
@@ -181,7 +187,7 @@ def _context(args: argparse.Namespace, out: TextIO, err: TextIO) -> Context:
         if args.timeout < 0:
             raise UsageError("--timeout must be 0 (no bound) or more seconds")
         client_options["timeoutMS"] = int(args.timeout * 1000)
-    repository_options = {}
+    repository_options: dict[str, Any] = {} if args.tenant is None else {"tenant_id": args.tenant}
     for name in ("binary_offload_bytes", "overflow_threshold_bytes"):
         if getattr(args, name, None) is not None:
             repository_options[name] = getattr(args, name)
@@ -191,6 +197,7 @@ def _context(args: argparse.Namespace, out: TextIO, err: TextIO) -> Context:
         database=args.database,
         collection=args.collection,
         overflow_collection=args.overflow_collection,
+        tenant=validate_tenant_id(args.tenant),
         client_options=client_options,
         repository_options=repository_options,
         json=args.json,

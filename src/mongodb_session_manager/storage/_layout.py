@@ -19,7 +19,7 @@ The key collection (``<collection>``) holds one document per key::
 
 The chunk collection (``<collection>_chunks``) holds chunked values, ``CHUNK_BYTES`` per document::
 
-    {"_id": "<version hex>:000000", "data": <Binary>, "remove_at": <date>}   # remove_at only with a TTL
+    {"_id": "<version hex>:000000", "key": "<full key>", "data": <Binary>, "remove_at": <date>}   # remove_at: TTL only
 
 Every pending entry records its version's chunk count (``n``), so chunks are always fetched and
 deleted by exact ``_id`` (point lookups on any server), never by a range.
@@ -249,16 +249,17 @@ def chunk_range(version: ObjectId) -> dict[str, str]:
     return {"$gte": f"{version}:", "$lt": f"{version};"}
 
 
-def chunk_deletions(versions: Iterable[tuple[ObjectId, int | None]]) -> list[dict[str, Any]]:
-    """Filters deleting every chunk of these ``(version, chunk count)`` pairs (one ``delete`` command)."""
+def chunk_deletions(key: str, versions: Iterable[tuple[ObjectId, int | None]]) -> list[dict[str, Any]]:
+    """Filters deleting every chunk of these ``(version, chunk count)`` pairs of the full ``key`` (one
+    ``delete`` command; each filter names the key, the chunk collection's shard key)."""
     ids: list[str] = []
     filters: list[dict[str, Any]] = []
     for version, count in versions:
         if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             ids += chunk_ids(version, count)
         else:
-            filters.append({"_id": chunk_range(version)})
-    return ([{"_id": {"$in": ids}}] if ids else []) + filters
+            filters.append({"key": key, "_id": chunk_range(version)})
+    return ([{"key": key, "_id": {"$in": ids}}] if ids else []) + filters
 
 
 def split(data: bytes, size: int = CHUNK_BYTES) -> list[bytes]:

@@ -10,7 +10,7 @@ Layout
     ``<collection>`` holds one document per key, ``_id`` = the full key. A value that fits in the
     document (up to 16 MiB minus 64 KiB, with its key and search terms) is stored there as BSON
     Binary (``data``); a larger one ("chunked") is stored in ``<collection>_chunks``, in documents
-    of just under 8 MiB ``{_id: "<version>:<n>", data}``, and its key document names the
+    of just under 8 MiB ``{_id: "<version>:<n>", key, data}``, and its key document names the
     ``version`` and the number of ``chunks``. Every value also has ``size``, ``expires`` (a date;
     year 9999 for "never") and its search ``terms``. Details: ``_layout.py``.
 
@@ -647,6 +647,7 @@ class MongoDBStorage:
         chunks = [
             {
                 "_id": layout.chunk_id(version, number),
+                "key": full,  # the chunk collection's shard key: a value's chunks live together
                 "data": Binary(part, ENCRYPTED_CHUNK_SUBTYPE if is_ciphertext(value) else 0),
                 **({"remove_at": removal} if removal else {}),
             }
@@ -682,7 +683,7 @@ class MongoDBStorage:
                 "keys", {"_id": full, **layout.live_entry(version)}, layout.retire([version], layout.utc_now())
             )
             if retired:  # we fenced it off ourselves: nothing else will touch these chunks
-                await driver.delete_many("chunks", layout.chunk_deletions([(version, chunks)]))
+                await driver.delete_many("chunks", layout.chunk_deletions(full, [(version, chunks)]))
                 await driver.update_one("keys", {"_id": full}, layout.forget([version], layout.utc_now()))
                 logger.debug("key=<%s> | interrupted write undone", full)
         except PyMongoError as e:
@@ -719,7 +720,7 @@ class MongoDBStorage:
                 dead.append((version, count))
         if not dead:
             return 0
-        await driver.delete_many("chunks", layout.chunk_deletions(dead))
+        await driver.delete_many("chunks", layout.chunk_deletions(full, dead))
         await driver.update_one(
             "keys", {"_id": full}, layout.forget([version for version, _ in dead], layout.utc_now())
         )
@@ -750,7 +751,9 @@ class MongoDBStorage:
             version, count, size = document.get("version"), document.get("chunks"), document.get("size")
             if not isinstance(version, ObjectId) or not isinstance(count, int) or not isinstance(size, int):
                 raise StorageBackendError(f"key=<{full}> | the stored value is damaged (no data, no chunks)")
-            parts = await driver.find("chunks", {"_id": {"$in": layout.chunk_ids(version, count)}}, {"data": 1})
+            parts = await driver.find(
+                "chunks", {"key": full, "_id": {"$in": layout.chunk_ids(version, count)}}, {"data": 1}
+            )
             parts.sort(key=lambda part: str(part.get("_id")))
             value = layout.check_chunks(version, count, size, parts)
             if value is not None:
