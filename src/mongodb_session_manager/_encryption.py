@@ -37,11 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import bson
 from bson.binary import Binary
-from pymongo.errors import PyMongoError
+from pymongo.errors import EncryptionError, PyMongoError
 
 from ._codec import MAX_MESSAGE_BYTES
 from ._overflow import BlobRef, entry_size, is_reference
-from .errors import MAX_DOCUMENT_SIZE, SessionEncryptionError, SessionTooLargeError, SessionValidationError
+from .errors import (
+    MAX_DOCUMENT_SIZE,
+    SessionEncryptionError,
+    SessionStorageError,
+    SessionTooLargeError,
+    SessionValidationError,
+)
 
 if TYPE_CHECKING:
     from pymongo import MongoClient
@@ -385,6 +391,7 @@ class Encryption:
         try:
             return self._ce.decrypt(value)
         except PyMongoError as e:
+            _raise_if_unreachable(session_id, "decrypt stored content", e)
             key_id = _key_id_of(value)
             try:
                 present = self.vault.find_one({"_id": key_id}, {"_id": 1}) is not None
@@ -435,6 +442,7 @@ class Sealer:
         try:
             return self._seal(value)
         except PyMongoError as e:
+            _raise_if_unreachable(self.session_id, "encrypt content", e)
             raise SessionEncryptionError(
                 f"session_id=<{self.session_id}> | cannot encrypt content: {_reason(e)}"
             ) from e
@@ -569,6 +577,15 @@ def encryption_for(settings: Any, client: MongoClient[Any]) -> Encryption | None
         _engines[key] = (client, engine)
         logger.debug("key_vault=<%s> | client-side encryption ready", settings.key_vault_namespace)
         return engine
+
+
+def _raise_if_unreachable(session_id: str, operation: str, error: PyMongoError) -> None:
+    """A key fetch that failed because MongoDB did not answer is a storage failure, not a key problem."""
+    cause = error.cause if isinstance(error, EncryptionError) else error
+    if isinstance(cause, PyMongoError) and not isinstance(cause, EncryptionError):
+        raise SessionStorageError(
+            f"session_id=<{session_id}> | {operation}: the key vault could not be read: {_reason(cause)}"
+        ) from error
 
 
 def _reason(error: BaseException) -> str:

@@ -74,3 +74,17 @@ def test_legacy_sessions_get_their_key_at_first_write(mongodb_uri: str, database
         assert engine.open("old", sealer.seal("v")) == "v"
         assert allowed == [True] and sealer.created
         assert client[database_name]["vault"].count_documents({"keyAltNames": name}) == 1
+
+
+def test_an_unreachable_key_vault_is_a_storage_failure_not_a_key_problem(mongodb_uri: str, database_name: str) -> None:
+    from mongodb_session_manager import SessionStorageError
+
+    settings = _settings(database_name, os.urandom(96))
+    with MongoClient(mongodb_uri) as client:
+        engine = Encryption(settings, client)
+        engine.check()
+        sealed = engine.sealer("n", "s1", create=True).seal("x")
+    with MongoClient("mongodb://127.0.0.1:1/?directConnection=true", serverSelectionTimeoutMS=300) as down:
+        with pytest.raises(SessionStorageError, match="key vault could not be read") as caught:
+            Encryption(settings, down).open("s1", sealed)
+        assert not isinstance(caught.value, SessionEncryptionError) and caught.value.__cause__ is not None
