@@ -3,6 +3,7 @@ a session makes every copy of its content unreadable, and a wrong master key wri
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -468,18 +469,75 @@ def test_manager_factory_graph_and_swarm_store_nothing_readable(
         assert graph_state is not None and graph_state["status"] == "completed"
 
 
-def test_the_command_line_says_content_is_encrypted(repo: MongoDBSessionRepository, mongodb_uri: str) -> None:
+def test_the_command_line_reads_encrypted_content_only_with_the_key(
+    repo: MongoDBSessionRepository,
+    mongodb_uri: str,
+    master_key: bytes,
+    tmp_path: Path,
+    encryption: ClientSideEncryption,
+) -> None:
     from tests.support.cli_run import run_main
 
     _store_session(repo, "s7")
+    vault = ["--key-vault", f"{repo.database_name}.vault"]
     for command in (["show", "s7"], ["export", "s7"]):
         done = run_main(mongodb_uri, *command, "--database", repo.database_name)
         assert done.returncode != 0, command
-        assert "encrypted at rest" in done.stderr and MARKER not in done.stdout + done.stderr, command
+        assert "encrypted at rest" in done.stderr and "--master-key-file" in done.stderr, command
+        assert MARKER not in done.stdout + done.stderr, command
     for command in (["list"], ["stats"], ["verify", "s7"]):
         done = run_main(mongodb_uri, *command, "--database", repo.database_name)
         assert done.returncode == 0, (command, done.stdout, done.stderr)
         assert MARKER not in done.stdout, command
+    key_file = tmp_path / "master.key"
+    key_file.write_bytes(base64.b64encode(master_key) + b"\n")
+    shown = run_main(
+        mongodb_uri, "show", "s7", "--database", repo.database_name, "--master-key-file", str(key_file), *vault
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert f"my secret is {MARKER}" in shown.stdout and f"thanks {MARKER}" in shown.stdout
+    out = tmp_path / "export.jsonl"
+    exported = run_main(
+        mongodb_uri,
+        "export",
+        "s7",
+        "--out",
+        str(out),
+        "--database",
+        repo.database_name,
+        "--master-key-file",
+        str(key_file),
+        *vault,
+    )
+    assert exported.returncode == 0, exported.stderr
+    text = out.read_text()
+    assert MARKER in text and "encryption_key" not in text
+    imported = run_main(
+        mongodb_uri,
+        "import",
+        str(out),
+        "--database",
+        repo.database_name,
+        "--collection",
+        "copies",
+        "--master-key-file",
+        str(key_file),
+        *vault,
+    )
+    assert imported.returncode == 0, imported.stderr
+    copies = repo.client[repo.database_name]["copies"]
+    assert copies.count_documents({}) == 1
+    assert all(MARKER.encode() not in raw for raw in _raw(copies))  # encrypted again, under its own key
+    with MongoDBSessionRepository(
+        client=repo.client, database_name=repo.database_name, collection_name="copies", encryption=encryption
+    ) as copy:
+        assert copy.get_metadata("s7") == {"topic": MARKER, "priority": "high"}
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(os.urandom(96))
+    refused = run_main(
+        mongodb_uri, "show", "s7", "--database", repo.database_name, "--master-key-file", str(wrong), *vault
+    )
+    assert refused.returncode != 0 and "master key" in refused.stderr and MARKER not in refused.stdout
 
 
 def test_tenants_have_their_own_keys(mongodb_uri: str, database_name: str, encryption: ClientSideEncryption) -> None:
