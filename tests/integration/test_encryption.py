@@ -376,6 +376,15 @@ def test_sessions_written_before_encryption_read_as_before_and_migrate(
         mongodb_uri, database_name=database_name, binary_offload_bytes=1024, overflow_threshold_bytes=16 * 1024
     ) as plain:
         agent, messages = _store_session(plain, "old")
+        for i in range(3, 40):  # old messages move into buckets of the overflow collection
+            plain.create_message(
+                "old",
+                AGENT,
+                SessionMessage(
+                    message={"role": "user", "content": [{"text": f"{i} {MARKER}" + "x" * 800}]}, message_id=i
+                ),
+            )
+        assert plain.overflow.count_documents({"messages": {"$exists": True}}) > 0
         assert MARKER.encode() in b"".join(_raw(plain.collection))
     with MongoDBSessionRepository(
         mongodb_uri,
@@ -384,7 +393,7 @@ def test_sessions_written_before_encryption_read_as_before_and_migrate(
         binary_offload_bytes=1024,
         overflow_threshold_bytes=16 * 1024,
     ) as repo:
-        assert [m.message for m in repo.list_messages("old", AGENT)] == [m.message for m in messages]
+        assert [m.message for m in repo.list_messages("old", AGENT)][:3] == [m.message for m in messages]
         assert repo.get_metadata("old") == {"topic": MARKER, "priority": "high"}
         # The next write of a field encrypts it (and gives the session its key).
         repo.update_metadata("old", {"topic": f"new {MARKER}"})
@@ -392,9 +401,11 @@ def test_sessions_written_before_encryption_read_as_before_and_migrate(
         assert document is not None and document["metadata"]["topic"].subtype == 6 and "encryption_key" in document
         assert document["metadata"]["priority"] == "high"  # not rewritten yet
         counts = encrypt_session(repo, "old")
-        assert counts["messages"] == 3 and counts["binaries"] == 1
-        _assert_no_plaintext(repo)
-        assert [m.message for m in repo.list_messages("old", AGENT)] == [m.message for m in messages]
+        assert counts["messages"] == 40 and counts["binaries"] == 1
+        _assert_no_plaintext(repo)  # moved messages and the old binary's chunks included
+        restored = repo.list_messages("old", AGENT)
+        assert [m.message for m in restored][:3] == [m.message for m in messages]
+        assert len(restored) == 40 and restored[39].message["content"][0]["text"].startswith(f"39 {MARKER}")
         assert repo.read_agent("old", AGENT).state == agent.state  # type: ignore[union-attr]
         assert repo.get_metadata("old") == {"topic": f"new {MARKER}", "priority": "high"}
         assert repo.read_multi_agent("old", "graph") == {"status": "completed", "note": MARKER}
