@@ -26,6 +26,8 @@ from typing import Any
 from pymongo import MongoClient
 
 from ._charts import CHARTS, history_chart, restore_chart, versus_chart
+from ._encryption import encryption_table
+from ._encryption import measure as measure_encryption
 from ._harness import Traffic, machine_facts
 from ._history import HISTORY_IMAGE_BYTES, HISTORY_IMAGE_EVERY, HISTORY_WINDOW, HistoryPoint
 from ._report import Table, count, ms, ratio
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(uri, settings)
     try:
         results = run_all(bench, lambda step: print(f"  measuring: {step}", file=sys.stderr, flush=True))
+        print("  measuring: encryption at rest, encrypted against plain", file=sys.stderr, flush=True)
+        results.encryption = measure_encryption(bench)
     finally:
         bench.close()
     elapsed = time.perf_counter() - started
@@ -408,6 +412,8 @@ def build_tables(results: Results) -> list[Table]:
         tables.append(load)
     if results.unified_storage:
         tables.append(storage_table(results.unified_storage))
+    if results.encryption is not None:
+        tables.append(encryption_table(results.encryption))
     return tables
 
 

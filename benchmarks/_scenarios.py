@@ -229,6 +229,7 @@ class Results:
     history: list[HistoryPoint] = field(default_factory=list)
     window_restores: list[WindowRestore] = field(default_factory=list)
     cold_start: ColdStart | None = None
+    encryption: Any = None  # _encryption.EncryptionCost (measured by __main__, after run_all)
 
 
 # ---------------------------------------------------------------------------------------------- data

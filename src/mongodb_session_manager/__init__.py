@@ -4,12 +4,15 @@ One MongoDB document per session, agents embedded, each agent's messages an orde
 process-wide connection pool; and a session manager that adds metrics, metadata and feedback.
 """
 
+from ._encryption import ClientSideEncryption, data_key_name
 from ._indexes import SHARD_KEYS, shard_collection_commands
+from ._migration import encrypt_session
 from ._version import __version__
 from .errors import (
     AWSHooksUnavailableError,
     MongoDBSessionError,
     SessionConflictError,
+    SessionEncryptionError,
     SessionNotFoundError,
     SessionStorageError,
     SessionTooLargeError,
@@ -39,6 +42,7 @@ __all__ = [
     "DEFAULT_CLIENT_OPTIONS",
     "SHARD_KEYS",
     "AWSHooksUnavailableError",
+    "ClientSideEncryption",
     "FeedbackSNSHook",
     "MetadataSQSHook",
     "MongoDBConnectionPool",
@@ -48,6 +52,7 @@ __all__ = [
     "MongoDBSessionRepository",
     "MongoDBStorage",
     "SessionConflictError",
+    "SessionEncryptionError",
     "SessionNotFoundError",
     "SessionStorageError",
     "SessionTooLargeError",
@@ -58,6 +63,8 @@ __all__ = [
     "create_feedback_sns_hook",
     "create_metadata_sqs_hook",
     "create_mongodb_session_manager",
+    "data_key_name",
+    "encrypt_session",
     "get_global_factory",
     "initialize_global_factory",
     "is_feedback_sns_hook_available",

@@ -71,6 +71,7 @@ __all__ = [
     "MAX_ID_LENGTH",
     "MAX_METADATA_KEY_LENGTH",
     "MESSAGE_FIELDS",
+    "REMOVED_FIELD",
     "SESSION_FIELDS",
     "agent_to_fields",
     "aware",
@@ -99,6 +100,10 @@ __all__ = [
 ]
 
 AGENT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SessionAgent))
+#: A clear copy of the conversation manager's ``removed_message_count`` in an agent sub-document,
+#: written beside an encrypted ``conversation_manager_state`` (the server reads the count to know which
+#: messages the agent still holds; see :func:`removed_count_expression` in ``_pipelines``).
+REMOVED_FIELD = "removed_message_count"
 MESSAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SessionMessage))
 SESSION_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Session))
 

@@ -33,6 +33,7 @@ from .errors import SessionStorageError, SessionValidationError
 if TYPE_CHECKING:
     from pymongo.collection import Collection
 
+    from ._encryption import Encryption, Sealer
     from ._overflow_io import OverflowIO
     from ._reader import Reader
     from ._store import SessionStore
@@ -45,7 +46,7 @@ __all__ = ["DEFAULT_REPAIR_GRACE", "RepositoryExtensions", "extra_fields"]
 #: may belong to a write still in flight.
 DEFAULT_REPAIR_GRACE = timedelta(minutes=10)
 # Fields the repository itself keeps beside a stored message.
-_ENTRY_BOOKKEEPING = frozenset({"blobs"})
+_ENTRY_BOOKKEEPING = frozenset({"blobs", "role"})
 
 
 class RepositoryExtensions:
@@ -55,6 +56,11 @@ class RepositoryExtensions:
     _overflow: OverflowIO
     _reader: Reader
     collection: Collection[dict[str, Any]]
+    encryption: Encryption | None
+
+    def _sealer(self, session_id: str) -> Sealer | None: ...  # see MongoDBSessionRepository
+
+    def _open(self, session_id: str, value: Any) -> Any: ...  # see MongoDBSessionRepository
 
     def repair_session(self, session_id: str, grace: timedelta = DEFAULT_REPAIR_GRACE) -> dict[str, int]:
         """Delete what crashes left of a session outside its document.
@@ -139,11 +145,24 @@ class RepositoryExtensions:
         stored = validate_metadata(metadata)
         if not stored:
             return
-        changes: dict[str, Any] = {f"metadata.{key}": value for key, value in stored.items()}
+        sealer = self._sealer(session_id)
+        changes: dict[str, Any] = {
+            f"metadata.{key}": value if sealer is None else sealer.seal(value) for key, value in stored.items()
+        }
         changes["updated_date"] = utc_now()
-        write = Write(
-            {"_id": self._store.key(session_id)}, {"$set": changes}, "update metadata", "metadata", grows_by=stored.size
-        )
+        query = {"_id": self._store.key(session_id)}
+        if sealer is None:
+            write = Write(query, {"$set": changes}, "update metadata", "metadata", grows_by=stored.size)
+        else:  # grows by the encrypted values' size
+            write = Write(
+                query,
+                {"$set": changes},
+                "update metadata",
+                "metadata",
+                payload=changes,
+                key_id=sealer.key_id,
+                key_created=sealer.created,
+            )
         if not self._store.write(session_id, write)[0]:
             raise session_missing(session_id)
         logger.debug("session_id=<%s>, keys=<%s> | metadata updated", session_id, sorted(metadata))
@@ -160,7 +179,8 @@ class RepositoryExtensions:
         )
         if document is None:
             raise session_missing(session_id)
-        metadata: dict[str, Any] = aware_all(decode_value(document.get("metadata") or {}))
+        stored = {key: self._open(session_id, value) for key, value in (document.get("metadata") or {}).items()}
+        metadata: dict[str, Any] = aware_all(decode_value(stored))
         return metadata
 
     def delete_metadata(self, session_id: str, keys: list[str]) -> None:
@@ -197,19 +217,23 @@ class RepositoryExtensions:
         """
         validate_id(session_id, "session_id")
         entry = validate_feedback(feedback)
+        sealer = self._sealer(session_id)
+        comment = entry["comment"] if sealer is None else sealer.seal(entry["comment"])
         write = Write(
             {"_id": self._store.key(session_id)},
-            feedback_pipeline(entry["rating"], entry["comment"]),
+            feedback_pipeline(entry["rating"], comment),
             "add feedback",
             "feedback",
-            payload={**entry, "created_at": utc_now()},
+            payload={**entry, "comment": comment, "created_at": utc_now()},
             returning={"feedbacks": {"$slice": -1}, "_id": 0},
+            key_id=None if sealer is None else sealer.key_id,
+            key_created=sealer is not None and sealer.created,
         )
         _, document = self._store.write(session_id, write)
         if document is None:
             raise session_missing(session_id)
         logger.debug("session_id=<%s>, rating=<%s> | feedback added", session_id, entry["rating"])
-        return _feedback_entry(document["feedbacks"][-1])
+        return self._feedback_entry(session_id, document["feedbacks"][-1])
 
     def get_feedbacks(self, session_id: str) -> list[dict[str, Any]]:
         """Return the session's feedback entries, oldest first.
@@ -223,7 +247,13 @@ class RepositoryExtensions:
         )
         if document is None:
             raise session_missing(session_id)
-        return [_feedback_entry(entry) for entry in document.get("feedbacks") or []]
+        return [self._feedback_entry(session_id, entry) for entry in document.get("feedbacks") or []]
+
+    def _feedback_entry(self, session_id: str, entry: dict[str, Any]) -> dict[str, Any]:
+        opened = {**entry, "created_at": aware(entry.get("created_at"))}
+        if "comment" in entry:
+            opened["comment"] = self._open(session_id, entry["comment"])
+        return opened
 
     # ------------------------------------------------------------------ listing
 
@@ -246,6 +276,12 @@ class RepositoryExtensions:
         """
         validate_listing_limit(limit)
         query: dict[str, Any] = self._store.scope()  # this repository's tenant (or none) only
+        if metadata_filter and self.encryption is not None:
+            raise SessionValidationError(
+                "metadata_filter",
+                "metadata values are encrypted (randomly: equal values differ when stored), so they cannot be "
+                "queried; list without a filter, or keep the values to filter on in a collection of your own",
+            )
         if metadata_filter:
             query.update(metadata_equals(validate_metadata(dict(metadata_filter))))
         if after is not None:
@@ -259,7 +295,12 @@ class RepositoryExtensions:
                 "created_at": doc.get("created_at"),
                 "updated_at": doc.get("updated_at"),
                 "last_activity": aware(doc.get("updated_date")),
-                "metadata": decode_value(doc.get("metadata") or {}),
+                "metadata": decode_value(
+                    {
+                        key: self._open(doc.get("session_id", doc["_id"]), value)
+                        for key, value in (doc.get("metadata") or {}).items()
+                    }
+                ),
             }
             for doc in documents
         ]
@@ -274,7 +315,3 @@ def extra_fields(fields: Mapping[str, Any] | None, encode: bool) -> dict[str, An
             raise SessionValidationError("fields", f"{name!r} is a message field and cannot be set this way")
         checked[name] = encode_value(value, f"fields[{name!r}]")[0] if encode else value
     return checked
-
-
-def _feedback_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    return {**entry, "created_at": aware(entry.get("created_at"))}

@@ -461,6 +461,7 @@ class OverflowIO:
         field: str,
         replacing: bool = False,
         op: ObjectId | None = None,
+        key_id: Any = None,
     ) -> tuple[list[BlobRef], list[Any]]:
         """``$set`` fields of one stored message, wherever it is, addressed with ``array_filters``.
 
@@ -472,6 +473,7 @@ class OverflowIO:
             replacing: Also return what the update replaced (see Returns), read by the same commands.
             op: The record of binary values stored for the new content (see :meth:`begin`): the
                 update commits them.
+            key_id: The data key the fields are encrypted with (the key fence, see ``Write``).
 
         Returns:
             With ``replacing``: the binary references the message held before the update, and the
@@ -501,6 +503,7 @@ class OverflowIO:
             array_filters=[{"m.message_id": message_id}],
             returning=replaced_projection(resident_messages(key), message_id) if replacing else None,
             before=True,
+            key_id=key_id,
         )
         matched, document = self.store.write(session_id, write)
         if matched:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from ._documents import AGENT_FIELDS
+from ._documents import AGENT_FIELDS, REMOVED_FIELD
 
 # $slice needs a positive count; this stands for "all the rest".
 SLICE_ALL = 2**31 - 1
@@ -68,7 +68,16 @@ def with_growth(update: Any, grows_by: int) -> Any:
     return {**update, "$inc": {**update.get("$inc", {}), "size_estimate": grows_by}}
 
 
-def feedback_pipeline(rating: Any, comment: str) -> list[dict[str, Any]]:
+def with_key(update: Any, key_id: Any) -> Any:
+    """``update`` that also records the session's data key id (``encryption_key``), when there is one."""
+    if key_id is None:
+        return update
+    if isinstance(update, list):  # a pipeline update
+        return [*update, {"$set": {"encryption_key": {"$literal": key_id}}}]
+    return {**update, "$set": {**update.get("$set", {}), "encryption_key": key_id}}
+
+
+def feedback_pipeline(rating: Any, comment: Any) -> list[dict[str, Any]]:
     """A pipeline update appending a feedback entry stamped by the server's clock (``$$NOW``).
 
     ``$literal`` keeps user text such as ``"$field"`` from being read as an expression.
@@ -97,7 +106,13 @@ def storage_state_pipeline(key: Any, agent_key: str | None = None) -> list[dict[
 
 
 #: The fields a failed guarded write reads to find out why (see ``storage_state_pipeline``).
-STORAGE_STATE_FIELDS: dict[str, Any] = {"_id": 0, "size_estimate": 1, "companions_until": 1, "companions_ttl": 1}
+STORAGE_STATE_FIELDS: dict[str, Any] = {
+    "_id": 0,
+    "size_estimate": 1,
+    "companions_until": 1,
+    "companions_ttl": 1,
+    "encryption_key": 1,
+}
 
 
 def storage_state_fields(agent_key: str | None) -> dict[str, Any]:
@@ -105,6 +120,12 @@ def storage_state_fields(agent_key: str | None) -> dict[str, Any]:
     if agent_key is None:
         return dict(STORAGE_STATE_FIELDS)
     return {**STORAGE_STATE_FIELDS, f"agents.{agent_key}.overflow_count": 1}
+
+
+def removed_count_expression(agent: str) -> dict[str, Any]:
+    """The stored ``removed_message_count`` of the agent sub-document ``agent`` (an expression path):
+    from its conversation-manager state, or from the clear copy kept beside an encrypted state."""
+    return {"$ifNull": [f"{agent}.conversation_manager_state.removed_message_count", f"{agent}.{REMOVED_FIELD}"]}
 
 
 def message_layout_pipeline(key: Any) -> list[dict[str, Any]]:
@@ -125,7 +146,7 @@ def message_layout_pipeline(key: Any) -> list[dict[str, Any]]:
                             "k": "$$agent.k",
                             "moved": {"$ifNull": ["$$agent.v.overflow_count", 0]},
                             # What the agent's conversation manager no longer holds (may move out).
-                            "removed": "$$agent.v.conversation_manager_state.removed_message_count",
+                            "removed": removed_count_expression("$$agent.v"),
                             "sizes": {
                                 "$map": {
                                     "input": {"$ifNull": ["$$agent.v.messages", []]},
@@ -152,7 +173,7 @@ def snapshot_pipeline(key: Any, windows: bool = False) -> list[dict[str, Any]]:
     the buckets holding the rest (read in one more command).
     """
     agent_fields: dict[str, Any] = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in AGENT_FIELDS}
-    removed = "$$agent.v.conversation_manager_state.removed_message_count"
+    removed = removed_count_expression("$$agent.v")
     window_from = {"$cond": [{"$isNumber": removed}, removed, 0]}
     moved = {"$ifNull": ["$$agent.v.overflow_count", 0]}
     resident = {"$ifNull": ["$$agent.v.messages", []]}
@@ -177,6 +198,33 @@ def snapshot_pipeline(key: Any, windows: bool = False) -> list[dict[str, Any]]:
                 "session_type": 1,
                 "created_at": 1,
                 "updated_at": 1,
+                "agents": {
+                    "$arrayToObject": {
+                        "$map": {
+                            "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                            "as": "agent",
+                            "in": {"k": "$$agent.k", "v": agent_fields},
+                        }
+                    }
+                },
+            }
+        },
+    ]
+
+
+def encryption_state_pipeline(key: Any) -> list[dict[str, Any]]:
+    """What the one-off encryption of a session reads: every field except messages (each agent's
+    fields and message counter, multi-agent state, metadata, feedback)."""
+    names = (*AGENT_FIELDS, "message_count")
+    agent_fields = {name: {"$getField": {"field": name, "input": "$$agent.v"}} for name in names}
+    return [
+        {"$match": {"_id": key}},
+        {
+            "$project": {
+                "_id": 0,
+                "multi_agents": 1,
+                "metadata": 1,
+                "feedbacks": 1,
                 "agents": {
                     "$arrayToObject": {
                         "$map": {

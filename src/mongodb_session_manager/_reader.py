@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from bson.binary import Binary
 from bson.objectid import ObjectId
 
 from ._codec import decode_value
 from ._consistency import session_option
 from ._documents import encode_field_name
+from ._encryption import ENCRYPTED_SUBTYPE, open_entry
 from ._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
 from ._pipelines import buckets_pipeline, messages_pipeline
 from ._store import ATTEMPTS, SessionStore
@@ -148,6 +150,16 @@ class Reader:
         Raises:
             SessionStorageError: A chunk is missing, altered or malformed.
         """
+        engine = self.store.encryption
+        sealed: set[ObjectId] = set()  # binaries of encrypted entries: ciphertext too
+        if engine is not None:
+            opened = []
+            for entry in entries:
+                plain_entry, was_sealed = open_entry(engine, session_id, entry)
+                if was_sealed:
+                    sealed.update(ref.blob_id for ref in find_references([plain_entry]))
+                opened.append(plain_entry)
+            entries = opened
         refs = find_references(entries)
         if not refs:
             plain: list[dict[str, Any]] = decode_value(entries)
@@ -169,7 +181,10 @@ class Reader:
         def lookup(ref: BlobRef) -> bytes:
             if ref.blob_id not in values:
                 parts = {n: chunks[(ref.blob_id, n)] for n in range(ref.chunk_count) if (ref.blob_id, n) in chunks}
-                values[ref.blob_id] = assemble_blob(ref, parts, session_id)
+                data = assemble_blob(ref, parts, session_id)
+                if ref.blob_id in sealed:
+                    data = engine.open(session_id, Binary(data, ENCRYPTED_SUBTYPE))
+                values[ref.blob_id] = data
             return values[ref.blob_id]
 
         decoded: list[dict[str, Any]] = decode_value(entries, lookup)

@@ -37,10 +37,11 @@ from pymongo.collection import Collection
 
 from ._consistency import Causality, session_option
 from ._documents import aware, session_key, session_missing, utc_now
+from ._encryption import KEY_FIELD, KEY_FIELD_BYTES
 from ._indexes import ExpiryView, read_activity_ttl
 from ._overflow import MOVE_BATCH, companions_deadline, companions_expiry
-from ._pipelines import guard_conditions, storage_state_fields, storage_state_pipeline, with_growth
-from .errors import MAX_DOCUMENT_SIZE, SessionConflictError, SessionTooLargeError, translated
+from ._pipelines import guard_conditions, storage_state_fields, storage_state_pipeline, with_growth, with_key
+from .errors import MAX_DOCUMENT_SIZE, SessionConflictError, SessionEncryptionError, SessionTooLargeError, translated
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,9 @@ class Write:
         array_filters: ``array_filters`` of the update.
         returning: A projection of the document to return.
         before: Return the document as it was before the update (else after).
+        key_id: The data key the written values are encrypted with: the write applies only to a
+            session recording that key (or none yet, which it then records), the key fence.
+        key_created: The key was created for this write (the session records it from now on).
     """
 
     query: dict[str, Any]
@@ -135,6 +139,8 @@ class Write:
     array_filters: list[dict[str, Any]] | None = None
     returning: dict[str, Any] | None = None
     before: bool = False
+    key_id: Any = None
+    key_created: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,7 @@ class StorageState:
     companions_until: datetime | None
     companions_ttl: Any
     moved: int = 0  # the appending agent's overflow_count (when the write has ``trimmed``)
+    key: Any = None  # the session's data key id (KEY_FIELD), with encryption
 
 
 class SessionStore:
@@ -179,6 +186,7 @@ class SessionStore:
         self.expiry = expiry
         self.causality = Causality(client, collection)
         self.remedies: Remedies  # set by OverflowIO(store)
+        self.encryption: Any = None  # _encryption.Encryption, set by the repository when it encrypts
 
     # ------------------------------------------------------------------ keys
 
@@ -288,7 +296,11 @@ class SessionStore:
         if grows_by is None:
             with self.errors(session_id, write.operation, write.field):
                 grows_by = 0 if write.payload is None else encoded_size(write.payload)
-        update = with_growth(write.update, grows_by)
+        fence: dict[str, Any] = {}
+        if write.key_id is not None:
+            grows_by += KEY_FIELD_BYTES if write.key_created else 0
+            fence = {KEY_FIELD: {"$in": [write.key_id, None]}}
+        update = with_growth(with_key(write.update, write.key_id), grows_by)
         extended = compacted = False
         moved_at_least = _moved_at_least(write.trimmed)
         unexplained = 0
@@ -296,7 +308,9 @@ class SessionStore:
             limit = None if compacted else write.size_limit
             conditions = guard_conditions(self.expiry.seconds, self.companions_deadline(), limit, moved_at_least)
             try:
-                matched, document = self._send(session_id, {**write.query, **conditions}, update, write, grows_by)
+                matched, document = self._send(
+                    session_id, {**write.query, **conditions, **fence}, update, write, grows_by
+                )
             except SessionTooLargeError as e:
                 if compacted or not e.refused_by_server or not self.remedies.move_old_messages(session_id):
                     raise
@@ -308,6 +322,13 @@ class SessionStore:
             state = self.state(session_id, measure=write.size_limit is not None and not compacted, agent_key=agent_key)
             if state is None:
                 return False, None
+            if write.key_id is not None and state.key not in (None, write.key_id):
+                if self.encryption is not None:
+                    self.encryption.forget()
+                raise SessionEncryptionError(
+                    f"session_id=<{session_id}> | {write.operation}: the session's data key changed (the session was "
+                    "deleted and created again by another process); nothing was written, retry"
+                )
             if moved_at_least is not None and state.moved < moved_at_least[1]:
                 # The agent's trimmed messages are due to move out (a batch of them): move them, then
                 # append whatever the move achieved (a failed move never fails the append).
@@ -410,6 +431,7 @@ class SessionStore:
             document.get("companions_until"),
             document.get("companions_ttl"),
             moved if isinstance(moved, int) else 0,
+            document.get(KEY_FIELD),
         )
 
     def correct_estimate(self, session_id: str, size: int, estimate: int | None) -> None:

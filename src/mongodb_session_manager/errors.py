@@ -36,6 +36,7 @@ __all__ = [
     "AWSHooksUnavailableError",
     "MongoDBSessionError",
     "SessionConflictError",
+    "SessionEncryptionError",
     "SessionNotFoundError",
     "SessionStorageError",
     "SessionTooLargeError",
@@ -133,6 +134,13 @@ class SessionConflictError(MongoDBSessionError):
 
 class SessionStorageError(MongoDBSessionError):
     """MongoDB could not be reached or refused an operation; chained to the driver's exception."""
+
+
+class SessionEncryptionError(MongoDBSessionError):
+    """Stored content cannot be encrypted or decrypted: the master key does not open the key vault's
+    keys, the session's data key was deleted (the session was deleted: every copy of its content is
+    unreadable by design), or the encryption extra is not installed. Chained to the driver's error
+    when there is one; never carries key material."""
 
 
 class AWSHooksUnavailableError(MongoDBSessionError, ImportError):

@@ -21,6 +21,7 @@ Sessions that outgrow their document keep old messages and large binaries outsid
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Collection as Collection_
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ from ._codec import MAX_MESSAGE_BYTES, decode_value, encode_entry, encode_value,
 from ._consistency import session_option
 from ._documents import (
     AGENT_FIELDS,
+    REMOVED_FIELD,
     agent_to_fields,
     dig,
     document_to_agent,
@@ -51,12 +53,23 @@ from ._documents import (
     session_to_document,
     utc_now,
 )
+from ._encryption import (
+    ENCRYPTED_AGENT_FIELDS,
+    KEY_FIELD,
+    ClientSideEncryption,
+    Encryption,
+    Sealer,
+    data_key_name,
+    encryption_for,
+    open_entry,
+    seal_entry,
+)
 from ._extensions import DEFAULT_REPAIR_GRACE, RepositoryExtensions
 from ._extensions import extra_fields as checked_extra_fields
 from ._indexes import ensure_session_indexes
 from ._overflow import BlobRef, checked_descriptors, companions_expiry
 from ._overflow_io import Collected, OverflowIO
-from ._pipelines import session_projection, snapshot_pipeline
+from ._pipelines import encryption_state_pipeline, session_projection, snapshot_pipeline
 from ._reader import BucketGone, Reader
 from ._store import ARRAY_ENTRY, ATTEMPTS, ESTIMATE_FIELD, SessionStore, Write
 from ._validation import (
@@ -72,6 +85,7 @@ from ._validation import (
 from .errors import (
     MAX_DOCUMENT_SIZE,
     SessionConflictError,
+    SessionEncryptionError,
     SessionNotFoundError,
     SessionValidationError,
 )
@@ -98,7 +112,13 @@ DEFAULT_DATABASE_NAME = "strands_sessions"
 DEFAULT_COLLECTION_NAME = "sessions"
 #: Repository arguments that shape storage (outside the session document; the tenant scope); the
 #: manager and the factory accept them too and pass them on.
-STORAGE_OPTIONS = ("binary_offload_bytes", "overflow_threshold_bytes", "overflow_collection_name", "tenant_id")
+STORAGE_OPTIONS = (
+    "binary_offload_bytes",
+    "overflow_threshold_bytes",
+    "overflow_collection_name",
+    "tenant_id",
+    "encryption",
+)
 #: Binary values larger than this many bytes are stored outside the session document by default.
 DEFAULT_BINARY_OFFLOAD_BYTES = 64 * 1024
 #: Session document size at which the oldest messages start moving out, by default.
@@ -136,6 +156,10 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         tenant_id: Optional tenant (application) scope: part of every session's key and of every
             query, so repositories of two tenants sharing collections never see each other's
             sessions, even with equal session ids. ``None`` (the default): no tenant.
+        encryption: Encrypt what users wrote before it reaches MongoDB (client-side field level
+            encryption, one data key per session, deleted with the session): a
+            :class:`~mongodb_session_manager.ClientSideEncryption`. ``None`` (the default) stores
+            values as they are. The master key is checked here, before anything is written.
         **client_kwargs: ``MongoClient`` options (pymongo names) used with ``connection_string``.
 
     If neither ``client`` nor ``connection_string`` is given, the client of an initialised
@@ -159,6 +183,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         overflow_threshold_bytes: int = DEFAULT_OVERFLOW_THRESHOLD_BYTES,
         overflow_collection_name: str | None = None,
         tenant_id: str | None = None,
+        encryption: ClientSideEncryption | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the repository; see the class docstring for the arguments."""
@@ -186,8 +211,13 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         self.overflow_collection_name: str = overflow_collection_name
         self._lease: SharedClientLease | None = None
         self._closed = False
+        self.encryption: Encryption | None = None
+        if encryption is not None and not isinstance(encryption, ClientSideEncryption):
+            raise SessionValidationError("encryption", "must be a ClientSideEncryption or None")
         self._client = self._acquire_client(connection_string, client, client_kwargs)
         try:
+            # First: a wrong master key is refused before anything is written.
+            self.encryption = encryption_for(encryption, self._client)
             collection, overflow = self._collections()
             expiry = ensure_session_indexes(
                 collection, overflow, self.session_ttl_seconds, lambda ttl: companions_expiry(ttl, utc_now())
@@ -195,6 +225,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             self._store = SessionStore(
                 self._client, collection, overflow, self.overflow_threshold_bytes, expiry, self.tenant_id
             )
+            self._store.encryption = self.encryption
             self._overflow = OverflowIO(self._store)
             self._reader = Reader(self._store)
         except BaseException:
@@ -294,6 +325,95 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             self.collection, self.overflow, self.session_ttl_seconds, lambda ttl: companions_expiry(ttl, utc_now())
         )
 
+    # ------------------------------------------------------------------ encryption
+
+    def _key_name(self, session_id: str) -> str:
+        """The key alt name of the session's data key (see :func:`data_key_name`)."""
+        tenant = getattr(self._store, "tenant_id", None)
+        return data_key_name(session_id, tenant, namespace=f"{self.database_name}.{self.collection_name}")
+
+    def _sealer(self, session_id: str) -> Sealer | None:
+        """What encrypts the values of one write of the session (``None`` without encryption)."""
+        if self.encryption is None:
+            return None
+        return self.encryption.sealer(
+            self._key_name(session_id), session_id, on_missing=lambda: self._refuse_deleted_key(session_id)
+        )
+
+    def _refuse_deleted_key(self, session_id: str) -> None:
+        """The session's data key is missing: refuse if the session had one (it was deleted), else let
+        the session, written before encryption was turned on, get its key now."""
+        document = self._store.find_one(
+            session_id, {"_id": self._store.key(session_id)}, {KEY_FIELD: 1}, "read session key"
+        )
+        if document is None:
+            raise session_missing(session_id)
+        if document.get(KEY_FIELD) is not None:
+            raise SessionEncryptionError(
+                f"session_id=<{session_id}> | the session's data key was deleted (the session was deleted): this "
+                "copy of it can be neither read nor written; nothing was written"
+            )
+
+    def _open(self, session_id: str, value: Any) -> Any:
+        """A stored value, decrypted if it is ciphertext."""
+        return value if self.encryption is None else self.encryption.open(session_id, value)
+
+    def _open_agent(self, session_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored agent sub-document with its encrypted fields decrypted."""
+        if self.encryption is None:
+            return stored
+        return {
+            **stored,
+            **{name: self._open(session_id, stored[name]) for name in ENCRYPTED_AGENT_FIELDS if name in stored},
+        }
+
+    # The one-off migration's steps (``_migration.encrypt_session``).
+
+    def _encryption_state(self, session_id: str) -> dict[str, Any]:
+        """The session without its messages (one aggregate), for the one-off encryption."""
+        documents = self._store.aggregate(
+            session_id, encryption_state_pipeline(self._store.key(session_id)), "encrypt session"
+        )
+        if not documents:
+            raise session_missing(session_id)
+        return documents[0]
+
+    def _encrypt_clear_fields(self, session_id: str) -> int:
+        """Encrypt, in one guarded write, the session's fields other than messages still stored in clear."""
+        from ._migration import clear_fields
+
+        found = clear_fields(self._encryption_state(session_id))
+        sealer = self._sealer(session_id)
+        if not found or sealer is None:
+            return 0
+        changes: dict[str, Any] = {path: sealer.seal(value) for path, value in found}
+        for path, value in found:  # the clear count beside an encrypted conversation-manager state
+            if path.endswith(".conversation_manager_state") and isinstance(value, dict):
+                removed = value.get("removed_message_count")
+                if isinstance(removed, int) and not isinstance(removed, bool):
+                    changes[f"{path.rsplit('.', 1)[0]}.{REMOVED_FIELD}"] = removed
+        write = Write(
+            {"_id": self._store.key(session_id)},
+            {"$set": changes},
+            "encrypt session",
+            "session",
+            payload=changes,
+            **_fence(sealer),
+        )
+        if not self._store.write(session_id, write)[0]:
+            raise session_missing(session_id)
+        return len(found)
+
+    def _agent_message_counts(self, session_id: str) -> dict[str, int]:
+        """``{agent_id: message_count}`` of the session's agents."""
+        agents = self._encryption_state(session_id).get("agents") or {}
+        return {agent["agent_id"]: int(agent.get("message_count") or 0) for agent in agents.values()}
+
+    def _rewrite_content(self, session_id: str, agent_id: str, message_id: int, entry: dict[str, Any]) -> None:
+        """Store a message's content again, as it is (encrypted now), keeping its timestamps."""
+        fields = {"message": entry["message"], "redact_message": entry.get("redact_message")}
+        self._replace_content(session_id, agent_id, message_id, fields, "encrypt message")
+
     # ------------------------------------------------------------------ sessions
 
     def create_session(self, session: Session, **kwargs: Any) -> Session:
@@ -304,6 +424,8 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         """
         session_id = validate_id(session.session_id, "session_id")
         document = session_to_document(session, self.tenant_id)
+        if self.encryption is not None:  # the session's data key, created with it (one insert in the key vault)
+            document[KEY_FIELD] = self.encryption.create_key(self._key_name(session_id))
         document["size_estimate"] = len(bson.encode(document)) + ESTIMATE_FIELD
         exists = f"session_id=<{session_id}> | session already exists"
         with (
@@ -356,7 +478,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         agents: dict[str, SessionAgent] = {}
         resident: dict[str, tuple[int, list[SessionMessage]]] = {}
         for stored in (document.get("agents") or {}).values():
-            agent = document_to_agent(stored, session_id)
+            agent = document_to_agent(self._open_agent(session_id, stored), session_id)
             agents[agent.agent_id] = agent
             entries = self._snapshot_window(session_id, agent.agent_id, stored)
             if entries is None:
@@ -398,6 +520,10 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             SessionNotFoundError: The session does not exist.
         """
         validate_id(session_id, "session_id")
+        if self.encryption is not None:
+            # The data key first: from here on no copy of the session's content can be decrypted.
+            keys = self.encryption.delete_key(self._key_name(session_id))
+            logger.debug("session_id=<%s>, keys=<%d> | data key deleted", session_id, keys)
         with self._store.errors(session_id, "delete session"):
             deleted = self.collection.find_one_and_delete(
                 {"_id": self._store.key(session_id)}, projection={"companions": 1}
@@ -423,7 +549,8 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(session_id, "session_id")
         agent_id = validate_id(session_agent.agent_id, "agent_id")
         path = f"agents.{encode_field_name(agent_id)}"
-        fields = agent_to_fields(session_agent)
+        sealer = self._sealer(session_id)
+        fields = _seal_agent(sealer, agent_to_fields(session_agent))
         new_agent = {**fields, "message_count": 0, "messages": []}
         matched, _ = self._store.write(
             session_id,
@@ -433,6 +560,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
                 "create agent",
                 "session_agent",
                 payload=new_agent,
+                **_fence(sealer),
             ),
         )
         if not matched:
@@ -446,6 +574,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
                     "create agent",
                     "session_agent",
                     payload=fields,
+                    **_fence(sealer),
                 ),
             )
         if not matched:
@@ -461,7 +590,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         stored = dig(
             self._store.find_one(session_id, {"_id": self._store.key(session_id)}, projection, "read agent"), path
         )
-        return document_to_agent(stored, session_id) if stored else None
+        return document_to_agent(self._open_agent(session_id, stored), session_id) if stored else None
 
     def update_agent(
         self, session_id: str, session_agent: SessionAgent, fields: Collection_[str] | None = None, **kwargs: Any
@@ -489,6 +618,8 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             if unknown:
                 raise SessionValidationError("fields", f"not updatable SessionAgent fields: {sorted(unknown)}")
             values = {name: value for name, value in values.items() if name in fields or name == "updated_at"}
+        sealer = self._sealer(session_id)
+        values = _seal_agent(sealer, values)
         changes: dict[str, Any] = {f"{path}.{name}": value for name, value in values.items()}
         changes["updated_date"] = utc_now()
         write = Write(
@@ -497,6 +628,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "update agent",
             "session_agent",
             payload=changes,
+            **_fence(sealer),
         )
         if not self._store.write(session_id, write)[0]:
             raise SessionNotFoundError(f"session_id=<{session_id}>, agent_id=<{agent_id}> | agent does not exist")
@@ -552,29 +684,31 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(agent_id, "agent_id")
         message_id = validate_message_id(session_message.message_id)
         extras = checked_extra_fields(extra_fields, encode=False)  # encoded with the entry
-        state = _agent_changes(agent_fields)
+        sealer = self._sealer(session_id)
+        state = _agent_changes(agent_fields, sealer)
         trimmed = None
         if trimmed_before is not None:
             trimmed = min(message_id, bounded_int(trimmed_before, "trimmed_before", 0, 2**62, 0))
         for _attempt in range(ATTEMPTS):
             entry = {**message_to_entry(session_message), **extras}
             blobs, size = encode_entry(session_id, entry, self.binary_offload_bytes, "append message")
+            plain = dict(entry)  # what "already stored?" compares (stored content is decrypted for it)
+            if sealer is not None:
+                blobs, size = seal_entry(sealer, session_id, entry, blobs, "append message")
             op = self._overflow.store_blobs(session_id, blobs)
             try:
-                matched, _ = self._store.write(
-                    session_id,
-                    _append(
-                        self._store.key(session_id),
-                        agent_id,
-                        entry,
-                        size,
-                        op,
-                        self.overflow_threshold_bytes,
-                        state,
-                        trimmed,
-                    ),
+                append = _append(
+                    self._store.key(session_id),
+                    agent_id,
+                    entry,
+                    size,
+                    op,
+                    self.overflow_threshold_bytes,
+                    state,
+                    trimmed,
                 )
-                stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, entry)
+                matched, _ = self._store.write(session_id, dataclasses.replace(append, **_fence(sealer)))
+                stored = matched or self._settle_unmatched_append(session_id, agent_id, message_id, plain)
             except (SessionConflictError, SessionNotFoundError, SessionValidationError):
                 # Certainly not appended (refused or not matched): its binaries are unreferenced.
                 self._overflow.discard_unreferenced(session_id, blobs, op)
@@ -621,7 +755,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             return False
         if isinstance(count, int) and count > message_id:
             _, existing = self._reader.read_range(session_id, agent_id, message_id, 1, decode=False)
-            if existing and same_message(existing[0], entry):
+            if existing and same_message(open_entry(self.encryption, session_id, existing[0])[0], entry):
                 return True
         raise SessionConflictError(
             f"session_id=<{session_id}>, agent_id=<{agent_id}> | cannot append message_id {message_id}: "
@@ -657,14 +791,36 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "redact_message": session_message.redact_message,
             "updated_at": updated_at,
         }
+        self._replace_content(session_id, agent_id, message_id, fields, "update message")
+        session_message.updated_at = updated_at
+        logger.debug(
+            "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message updated", session_id, agent_id, message_id
+        )
+
+    def _replace_content(
+        self, session_id: str, agent_id: str, message_id: int, fields: dict[str, Any], operation: str
+    ) -> None:
+        """Store new content fields for a stored message, wherever it is, with its binaries; then delete
+        the binaries it replaced (see :meth:`update_message`)."""
+        sealer = self._sealer(session_id)
         for _attempt in range(ATTEMPTS):
             stored_fields = dict(fields)
-            blobs, _ = encode_entry(session_id, stored_fields, self.binary_offload_bytes, "update message")
+            blobs, _ = encode_entry(session_id, stored_fields, self.binary_offload_bytes, operation)
+            if sealer is not None:
+                blobs, _ = seal_entry(sealer, session_id, stored_fields, blobs, operation)
             stored_fields.setdefault("blobs", [])
             op = self._overflow.store_blobs(session_id, blobs)
             try:
                 old_refs, pending = self._overflow.update_entry(
-                    session_id, agent_id, message_id, stored_fields, "update message", "session_message", True, op
+                    session_id,
+                    agent_id,
+                    message_id,
+                    stored_fields,
+                    operation,
+                    "session_message",
+                    True,
+                    op,
+                    key_id=None if sealer is None else sealer.key_id,
                 )
                 break
             except Collected:
@@ -678,10 +834,6 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
                 "the message: the session kept changing under the update; retry"
             )
         self._discard_replaced(session_id, agent_id, old_refs, blobs, pending, op)
-        session_message.updated_at = updated_at
-        logger.debug(
-            "session_id=<%s>, agent_id=<%s>, message_id=<%s> | message updated", session_id, agent_id, message_id
-        )
 
     def _discard_replaced(
         self,
@@ -737,6 +889,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         multi_agent_id = validate_id(multi_agent.id, "multi_agent_id")
         now = iso_now()
         state, _ = encode_value(multi_agent.serialize_state(), "multi_agent_state")
+        sealer = self._sealer(session_id)
+        if sealer is not None:
+            state = sealer.seal(state)
         record = {"id": multi_agent_id, "state": state, "created_at": now, "updated_at": now}
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
         write = Write(
@@ -745,6 +900,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "create multi-agent",
             "multi_agent_state",
             payload=record,
+            **_fence(sealer),
         )
         if not self._store.write(session_id, write)[0]:
             raise session_missing(session_id)
@@ -761,7 +917,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             ),
             path,
         )
-        return decode_value(stored.get("state")) if stored else None
+        return decode_value(self._open(session_id, stored.get("state"))) if stored else None
 
     def update_multi_agent(self, session_id: str, multi_agent: MultiAgentBase, **kwargs: Any) -> None:
         """Replace the stored state of a Graph or Swarm.
@@ -772,8 +928,10 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         validate_id(session_id, "session_id")
         multi_agent_id = validate_id(multi_agent.id, "multi_agent_id")
         path = f"multi_agents.{encode_field_name(multi_agent_id)}"
+        state = encode_value(multi_agent.serialize_state(), "multi_agent_state")[0]
+        sealer = self._sealer(session_id)
         changes: dict[str, Any] = {
-            f"{path}.state": encode_value(multi_agent.serialize_state(), "multi_agent_state")[0],
+            f"{path}.state": state if sealer is None else sealer.seal(state),
             f"{path}.updated_at": iso_now(),
             "updated_date": utc_now(),
         }
@@ -783,6 +941,7 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
             "update multi-agent",
             "multi_agent_state",
             payload=changes,
+            **_fence(sealer),
         )
         if not self._store.write(session_id, write)[0]:
             raise SessionNotFoundError(
@@ -791,8 +950,9 @@ class MongoDBSessionRepository(RepositoryExtensions, SessionRepository):
         logger.debug("session_id=<%s>, multi_agent_id=<%s> | multi-agent updated", session_id, multi_agent_id)
 
 
-def _agent_changes(agent_fields: Mapping[str, Any] | None) -> tuple[dict[str, Any], int]:
-    """The encoded agent fields an append also sets (see ``create_message``), and their size."""
+def _agent_changes(agent_fields: Mapping[str, Any] | None, sealer: Sealer | None = None) -> tuple[dict[str, Any], int]:
+    """The encoded (and, with ``sealer``, encrypted) agent fields an append also sets (see
+    ``create_message``), and their size."""
     if not agent_fields:
         return {}, 0
     if not isinstance(agent_fields, Mapping):
@@ -802,6 +962,7 @@ def _agent_changes(agent_fields: Mapping[str, Any] | None) -> tuple[dict[str, An
         raise SessionValidationError("agent_fields", f"not updatable SessionAgent fields: {sorted(map(str, unknown))}")
     values = {name: encode_value(value, "agent_fields")[0] for name, value in agent_fields.items()}
     values["updated_at"] = iso_now()
+    values = _seal_agent(sealer, values)
     return values, len(bson.encode(values))
 
 
@@ -841,3 +1002,27 @@ def _append(
         size_limit=threshold - grows_by,
         trimmed=None if trimmed is None else (key, trimmed),
     )
+
+
+def _seal_agent(sealer: Sealer | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """An agent's stored fields with the encrypted ones sealed.
+
+    The conversation manager's ``removed_message_count`` is also kept in clear beside them
+    (``REMOVED_FIELD``): restores and moves read it on the server to know which messages the agent
+    still holds, and a count of trimmed messages says nothing of what they said.
+    """
+    if sealer is None:
+        return fields
+    sealed = sealer.seal_fields(fields, ENCRYPTED_AGENT_FIELDS)
+    if "conversation_manager_state" in fields:
+        removed = (fields["conversation_manager_state"] or {}).get("removed_message_count")
+        clear = removed if isinstance(removed, int) and not isinstance(removed, bool) else None
+        sealed[REMOVED_FIELD] = clear
+    return sealed
+
+
+def _fence(sealer: Sealer | None) -> dict[str, Any]:
+    """The key-fence arguments of a ``Write`` carrying values ``sealer`` encrypted."""
+    if sealer is None or sealer.key_id is None:
+        return {}
+    return {"key_id": sealer.key_id, "key_created": sealer.created}

@@ -10,6 +10,8 @@ its code says:
 * **Database.** The database a block names (``database_name="chat"``) becomes one unique to the test,
   dropped afterwards. Every block that connects must name its database (checked below), so no block
   writes to the library's default database.
+* **Key vault.** A key vault namespace a block names in that database (``key_vault_namespace="chat.x"``)
+  moves to the test's database too.
 * **Model.** ``Agent(...)`` without a ``model`` builds Strands' default model, on Amazon Bedrock, which
   needs AWS credentials. Here Strands' default is the offline demo model of the examples
   (``OfflineDemoModel`` of ``examples/_local.py``, which is what ``demo_model()`` returns without
@@ -62,6 +64,7 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MINIMUM_BLOCKS = {"README.md": 11, "docs/aws-hooks.md": 11, "docs/guarantees.md": 1}
 EXAMPLE_URI = "mongodb://localhost:27017"
 DATABASE = re.compile(r'database_name="([^"]*)"')
+KEY_VAULT = re.compile(r'key_vault_namespace="[^".]*\.')
 SNS_TOPIC = re.compile(r"arn:aws:sns:([a-z0-9-]+):(\d{12}):([A-Za-z0-9_-]+)")
 SQS_QUEUE = re.compile(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com/(\d{12})/([A-Za-z0-9_-]+)")
 
@@ -198,6 +201,7 @@ def test_block_runs_as_written(
 ) -> None:
     code = block.code.replace(EXAMPLE_URI, mongodb_uri)
     code = DATABASE.sub(f'database_name="{database_name}"', code)
+    code = KEY_VAULT.sub(f'key_vault_namespace="{database_name}.', code)
     uses_aws = any(_aws_resources(block.code))
     if uses_aws:
         request.getfixturevalue("fake_aws")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, TextIO
 
+from .._encryption import ClientSideEncryption, Encryption
 from .._secrets import redact_uri, scrub, uri_secrets
 from ..mongodb_connection_pool import SharedClientLease, acquire_shared_client
 from ..mongodb_session_repository import MongoDBSessionRepository
@@ -43,6 +45,8 @@ class Context:
         collection: ``--collection``.
         overflow_collection: ``--overflow-collection`` (default ``<collection>_overflow``).
         tenant: ``--tenant``: the tenant whose sessions are addressed (``None``: no tenant).
+        master_key_file: ``--master-key-file``: a local master key (96 bytes, raw or base64) to read
+            content encrypted at rest; ``key_vault``: ``--key-vault``, its key vault namespace.
         client_options: ``MongoClient`` options from the command line (``timeoutMS``).
         repository_options: ``binary_offload_bytes`` and ``overflow_threshold_bytes`` for writes.
         json: Print JSON for scripts instead of text for people.
@@ -54,6 +58,8 @@ class Context:
     collection: str
     overflow_collection: str | None = None
     tenant: str | None = None
+    master_key_file: str | None = None
+    key_vault: str = "encryption.__keyVault"
     client_options: dict[str, Any] = field(default_factory=dict)
     repository_options: dict[str, Any] = field(default_factory=dict)
     json: bool = False
@@ -83,12 +89,38 @@ class Context:
         if self._source is None:
             if self._lease is None:
                 self._lease = acquire_shared_client(self.uri, **self.client_options)
+            settings = self.encryption()
             self._source = Source(
-                self._lease.client, self.database, self.collection, self.overflow_name, tenant_id=self.tenant
+                self._lease.client,
+                self.database,
+                self.collection,
+                self.overflow_name,
+                tenant_id=self.tenant,
+                # Read only: no canary (it may create a key), a wrong key shows at the first decryption.
+                encryption=None if settings is None else Encryption(settings, self._lease.client),
             )
         if must_exist and not self._source.exists():
             raise UsageError(f"there is no collection {self.where}: check --database and --collection")
         return self._source
+
+    def encryption(self) -> ClientSideEncryption | None:
+        """The encryption settings from ``--master-key-file`` and ``--key-vault`` (``None`` without a key).
+
+        Raises:
+            UsageError: The key file cannot be read.
+        """
+        if self.master_key_file is None:
+            return None
+        try:
+            key = Path(self.master_key_file).read_bytes()
+        except OSError as e:
+            raise UsageError(f"cannot read --master-key-file: {e.strerror}") from None
+        if len(key) != 96:  # otherwise base64 text (a trailing newline allowed)
+            key = key.strip()
+        return ClientSideEncryption(
+            kms_providers={"local": {"key": key if len(key) == 96 else key.decode("ascii", "replace")}},
+            key_vault_namespace=self.key_vault,
+        )
 
     def repository(self) -> MongoDBSessionRepository:
         """The repository (for writes: import, delete, repair, migrate); it ensures the collections' indexes."""
@@ -98,6 +130,7 @@ class Context:
                 database_name=self.database,
                 collection_name=self.collection,
                 overflow_collection_name=self.overflow_name,
+                encryption=self.encryption(),
                 **self.repository_options,
                 **self.client_options,
             )

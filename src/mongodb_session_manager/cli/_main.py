@@ -63,6 +63,18 @@ def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None
         help="the tenant whose sessions to address (default: sessions stored without a tenant)",
     )
     group.add_argument(
+        "--master-key-file",
+        default=default(None),
+        metavar="PATH",
+        help="local master key (96 bytes, raw or base64) to read content encrypted at rest",
+    )
+    group.add_argument(
+        "--key-vault",
+        default=default("encryption.__keyVault"),
+        metavar="NAMESPACE",
+        help="key vault of encrypted content (default: encryption.__keyVault)",
+    )
+    group.add_argument(
         "--timeout",
         type=float,
         default=default(None),
@@ -198,6 +210,8 @@ def _context(args: argparse.Namespace, out: TextIO, err: TextIO) -> Context:
         collection=args.collection,
         overflow_collection=args.overflow_collection,
         tenant=validate_tenant_id(args.tenant),
+        master_key_file=args.master_key_file,
+        key_vault=args.key_vault,
         client_options=client_options,
         repository_options=repository_options,
         json=args.json,

@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import bson
+from bson.binary import Binary
 from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.objectid import ObjectId
 from bson.raw_bson import RawBSONDocument
@@ -35,17 +36,24 @@ from .._documents import (
     encode_field_name,
     session_key,
 )
+from .._encryption import ENCRYPTED_AGENT_FIELDS, ENCRYPTED_ENTRY_FIELDS, ENCRYPTED_SUBTYPE, Encryption, is_ciphertext
 from .._overflow import BlobRef, assemble_blob, checked_descriptors, chunk_of, find_references
 from .._pipelines import buckets_pipeline, messages_pipeline, metadata_equals, snapshot_pipeline
 from .._validation import validate_id, validate_metadata
-from ..errors import SessionNotFoundError, SessionStorageError, SessionValidationError, translated
+from ..errors import (
+    SessionEncryptionError,
+    SessionNotFoundError,
+    SessionStorageError,
+    SessionValidationError,
+    translated,
+)
 
 __all__ = ["ENTRY_BOOKKEEPING", "PAGE", "Source", "split_entry"]
 
 #: Sessions per page when walking a collection, messages per page when reading a history.
 PAGE = 500
 #: Fields the repository keeps beside a stored message for itself (not exported, never restored).
-ENTRY_BOOKKEEPING = frozenset({"blobs"})
+ENTRY_BOOKKEEPING = frozenset({"blobs", "role"})
 _ATTEMPTS = 5
 
 
@@ -80,9 +88,11 @@ class Source:
         collection_name: str,
         overflow_collection_name: str,
         tenant_id: str | None = None,
+        encryption: Encryption | None = None,
     ) -> None:
         self.client = client
         self.tenant_id = tenant_id
+        self.encryption = encryption
         try:
             database = client[database_name]
             self.collection: Collection[dict[str, Any]] = database[collection_name]
@@ -157,6 +167,17 @@ class Source:
 
     # ------------------------------------------------------------------ one session
 
+    def _open(self, session_id: str, value: Any) -> Any:
+        """A stored value, decrypted if it is ciphertext (which needs ``--master-key-file``)."""
+        if not is_ciphertext(value):
+            return value
+        if self.encryption is None:
+            raise SessionEncryptionError(
+                f"session_id=<{session_id}> | its content is encrypted at rest (client-side field level "
+                "encryption): pass --master-key-file (and --key-vault) to read it"
+            )
+        return self.encryption.open(session_id, value)
+
     def raw_document(self, session_id: str) -> tuple[dict[str, Any], int] | None:
         """The whole session document, decoded as stored (nothing unescaped), and its size in bytes."""
         raw = self.collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
@@ -182,6 +203,10 @@ class Source:
             return None
         agents = {}
         for stored in (documents[0].get("agents") or {}).values():
+            stored = {
+                **stored,
+                **{name: self._open(session_id, stored[name]) for name in ENCRYPTED_AGENT_FIELDS if name in stored},
+            }
             agent = document_to_agent(stored, session_id)
             agents[agent.agent_id] = agent
         return document_to_session(documents[0]), agents
@@ -198,12 +223,16 @@ class Source:
         multi_agents = {}
         for stored in (document.get("multi_agents") or {}).values():
             if isinstance(stored, Mapping) and isinstance(stored.get("id"), str):
-                multi_agents[stored["id"]] = decode_value(stored.get("state"))
+                multi_agents[stored["id"]] = decode_value(self._open(session_id, stored.get("state")))
+        metadata = {key: self._open(session_id, value) for key, value in (document.get("metadata") or {}).items()}
+        feedbacks = [
+            {**entry, "comment": self._open(session_id, entry["comment"])} if "comment" in entry else entry
+            for entry in document.get("feedbacks") or []
+            if isinstance(entry, Mapping)
+        ]
         return {
-            "metadata": aware_all(decode_value(document.get("metadata") or {})),
-            "feedbacks": [
-                {**entry, "created_at": aware(entry.get("created_at"))} for entry in document.get("feedbacks") or []
-            ],
+            "metadata": aware_all(decode_value(metadata)),
+            "feedbacks": [{**entry, "created_at": aware(entry.get("created_at"))} for entry in feedbacks],
             "multi_agents": multi_agents,
             "last_activity": aware(document.get("updated_date")),
         }
@@ -243,7 +272,14 @@ class Source:
             except _BucketGone:
                 if attempt == _ATTEMPTS - 1:
                     raise
+        sealed: set[ObjectId] = set()  # binaries of encrypted entries (ciphertext too)
         for index, entry in enumerate(entries):
+            if isinstance(entry, dict) and any(is_ciphertext(entry.get(name)) for name in ENCRYPTED_ENTRY_FIELDS):
+                entry = entries[index] = {
+                    **entry,
+                    **{name: self._open(session_id, entry[name]) for name in ENCRYPTED_ENTRY_FIELDS if name in entry},
+                }
+                sealed.update(ref.blob_id for ref in find_references([entry]))
             if not isinstance(entry, dict) or entry.get("message_id") != offset + index or "message" not in entry:
                 raise SessionStorageError(
                     f"session_id=<{session_id}>, agent_id=<{agent_id}>, message_id=<{offset + index}> | stored "
@@ -252,7 +288,7 @@ class Source:
         if not binaries:
             plain: list[dict[str, Any]] = decode_value(entries)
             return count, plain
-        return count, self.decode_entries(session_id, entries)
+        return count, self.decode_entries(session_id, entries, sealed)
 
     def _read_once(
         self, session_id: str, agent_id: str, offset: int, limit: int | None
@@ -294,8 +330,11 @@ class Source:
             )
         return count, entries
 
-    def decode_entries(self, session_id: str, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Entries as they were written: values unescaped, offloaded binaries put back and verified.
+    def decode_entries(
+        self, session_id: str, entries: list[dict[str, Any]], sealed: set[ObjectId] | None = None
+    ) -> list[dict[str, Any]]:
+        """Entries as they were written: values unescaped, offloaded binaries put back and verified
+        (and decrypted, for the ids in ``sealed``: binaries of encrypted entries).
 
         Raises:
             SessionStorageError: A chunk is missing, altered or malformed.
@@ -310,7 +349,10 @@ class Source:
         def lookup(ref: BlobRef) -> bytes:
             if ref.blob_id not in values:
                 parts = {n: chunks[(ref.blob_id, n)] for n in range(ref.chunk_count) if (ref.blob_id, n) in chunks}
-                values[ref.blob_id] = assemble_blob(ref, parts, session_id)
+                data = assemble_blob(ref, parts, session_id)
+                if sealed and ref.blob_id in sealed:
+                    data = self._open(session_id, Binary(data, ENCRYPTED_SUBTYPE))
+                values[ref.blob_id] = data
             return values[ref.blob_id]
 
         decoded: list[dict[str, Any]] = decode_value(entries, lookup)

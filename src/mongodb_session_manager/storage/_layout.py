@@ -453,11 +453,17 @@ def _finish(now: datetime) -> list[dict[str, Any]]:
     ]
 
 
+def as_stored(data: bytes) -> Binary:
+    """The BSON Binary stored for a value: an encrypted value keeps its subtype (6, client-side
+    encrypted; 0x81 for a chunk of one), so a reader knows to decrypt it."""
+    return data if isinstance(data, Binary) else Binary(data)
+
+
 def write_plain(data: bytes, terms: list[str], expires: datetime) -> dict[str, Any]:
     """Put a value in a key document that holds no chunks and nothing pending (use with the
     :data:`NOTHING_TO_CLEAN` filter): a plain update, as small as the value allows."""
     update: dict[str, Any] = {
-        "$set": {"data": Binary(data), "size": len(data), "terms": terms, "expires": expires},
+        "$set": {"data": as_stored(data), "size": len(data), "terms": terms, "expires": expires},
         "$unset": {"remove_at": ""},
     }
     if expires < NO_EXPIRY:
@@ -472,7 +478,7 @@ def write_inline(data: bytes, terms: list[str], expires: datetime, now: datetime
         {
             "$set": {
                 "pending": _replaced_version(now),
-                "data": Binary(data),
+                "data": as_stored(data),
                 "size": len(data),
                 "terms": {"$literal": terms},
                 "expires": expires,

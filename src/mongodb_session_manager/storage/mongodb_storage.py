@@ -102,6 +102,15 @@ from pymongo import AsyncMongoClient, IndexModel, MongoClient
 from pymongo.errors import DuplicateKeyError, InvalidName, PyMongoError
 from strands.storage.storage import _NAMESPACED, StorageSearchResult
 
+from .._encryption import (
+    ENCRYPTED_SUBTYPE,
+    ClientSideEncryption,
+    Encryption,
+    Sealer,
+    data_key_name,
+    encryption_for,
+    is_ciphertext,
+)
 from .._secrets import scrub, uri_secrets
 from ..errors import MongoDBSessionError
 from ..mongodb_connection_pool import (
@@ -129,6 +138,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_COLLECTION_NAME = "storage"
 #: Values larger than this have their search terms computed in a worker thread on an event loop.
 _THREAD_TERMS_BYTES = 64 * 1024
+#: BSON Binary subtype of the chunks of an encrypted value (user-defined range; the whole value,
+#: joined, is one client-side encrypted Binary of subtype 6).
+ENCRYPTED_CHUNK_SUBTYPE = 0x81
 #: How many times a read follows a chunked value that is replaced while it reads.
 _READ_ATTEMPTS = 8
 _UNSET: Any = object()
@@ -194,6 +206,7 @@ class _Backend:
             raise StorageValidationError(field, str(e)) from None
         self.closed = False
         self.indexes_ready = False
+        self.encryption: Encryption | None = None  # set by MongoDBStorage (encryption=)
 
     @property
     def owns_client(self) -> bool:
@@ -287,6 +300,11 @@ class MongoDBStorage:
             (a backslash, which no key may hold), so storages of two tenants sharing the collections
             never read, list, search or delete each other's values, and one without a tenant never
             sees theirs. Keys, listings and prefixes given and returned stay relative, as without it.
+        encryption: Encrypt values before they reach MongoDB (a
+            :class:`~mongodb_session_manager.ClientSideEncryption`): one data key per *scope*, the
+            first path segment of the key (``"<session_id>"`` for ``SnapshotSessionManager``'s
+            ``"<session_id>/..."`` keys), deleted with the scope's last value. Content words are then
+            not indexed: ``search`` matches key words only.
         **client_kwargs: ``MongoClient`` options (pymongo names), with ``connection_string``.
 
     Example:
@@ -312,6 +330,7 @@ class MongoDBStorage:
         search_strategy: SearchStrategy[MongoDBStorage] | None = None,
         search_index_bytes: int = layout.DEFAULT_SEARCH_INDEX_BYTES,
         tenant_id: str | None = None,
+        encryption: ClientSideEncryption | None = None,
         **client_kwargs: Any,
     ) -> None:
         """Create the storage; see the class docstring for the arguments."""
@@ -327,7 +346,14 @@ class MongoDBStorage:
                 f"must be an integer from 0 to {layout.MAX_SEARCH_INDEX_BYTES}",
                 search_index_bytes,
             )
+        if encryption is not None and not isinstance(encryption, ClientSideEncryption):
+            raise StorageValidationError("encryption", "must be a ClientSideEncryption or None")
         self._backend = _Backend(connection_string, client, client_kwargs, database_name, collection_name)
+        try:  # a wrong master key is refused here, before anything is written
+            self._backend.encryption = encryption_for(encryption, self._backend.sync_client())
+        except BaseException:
+            self._backend.close()
+            raise
         self.tenant_id: str | None = tenant_id
         self._root = root  # the tenant's part of every stored key ("" without a tenant)
         self._prefix = ""
@@ -388,6 +414,7 @@ class MongoDBStorage:
                 tombstoned = await driver.update_one("keys", {"_id": full}, layout.delete_value(layout.utc_now()))
                 if tombstoned:
                     await self._clean_up(driver, full)
+            await self._shred_if_empty(driver, full)
         logger.debug("key=<%s> | value deleted", full)
 
     async def list(self, query: str = "") -> builtins.list[str]:
@@ -543,11 +570,67 @@ class MongoDBStorage:
     async def _write(self, driver: Driver, full: str, value: bytes) -> None:
         now = layout.utc_now()
         expires = self._expiry.expires(full[len(self._root) :], now)
+        engine = self._backend.encryption
+        if engine is not None:  # content words are not indexed: they would be stored in clear
+            terms = layout.terms_for(full[len(self._root) :], value, False)
+            value = await self._blocking(driver, self._sealer(full).seal, value)
+            await self._write_stored(driver, full, value, terms, expires, now)
+            return
         index_content = len(value) <= self._search_index_bytes
         if index_content and len(value) > _THREAD_TERMS_BYTES and not driver.blocking:
             terms = await asyncio.to_thread(layout.terms_for, full[len(self._root) :], value, True)
         else:
             terms = layout.terms_for(full[len(self._root) :], value, index_content)
+        await self._write_stored(driver, full, value, terms, expires, now)
+
+    def _scope_of(self, full: str) -> str:
+        """The encryption scope of a stored key: its first path segment (below the tenant's root)."""
+        return full[len(self._root) :].split("/", 1)[0]
+
+    def _sealer(self, full: str) -> Sealer:
+        """What encrypts the value of ``full``: its scope's data key (created at the scope's first write)."""
+        engine = self._backend.encryption
+        assert engine is not None
+        return engine.sealer(self._key_name(self._scope_of(full)), full)
+
+    def _key_name(self, scope: str) -> str:
+        return data_key_name(
+            scope, self.tenant_id, namespace=f"{self._backend.database_name}.{self._backend.collections['keys']}"
+        )
+
+    async def _blocking(self, driver: Driver, function: Any, *args: Any) -> Any:
+        """Run encryption work (CPU, and a key fetch at most once per scope per process) off the
+        application's event loop; inline on Strands' sync bridge, which blocks anyway."""
+        if driver.blocking:
+            return function(*args)
+        return await asyncio.to_thread(function, *args)
+
+    async def _shred_if_empty(self, driver: Driver, full: str) -> None:
+        """After a delete: if the key's scope holds no value any more, delete its data key (what a
+        backup kept of the scope becomes unreadable)."""
+        engine = self._backend.encryption
+        if engine is None:
+            return
+        scope = self._root + self._scope_of(full)
+        live = {"$gt": layout.utc_now()}  # a tombstone's chunks are about to go: it does not count
+        left = await driver.find_one("keys", {"_id": scope, "expires": live}, {"_id": 1}) is not None or bool(
+            await driver.aggregate(
+                "keys",
+                [
+                    {"$match": {"_id": layout.key_range(scope + "/"), "expires": live}},
+                    {"$limit": 1},
+                    {"$project": {"_id": 1}},
+                ],
+                layout.KEY_EXPIRES_INDEX,
+            )
+        )
+        if not left:
+            await self._blocking(driver, engine.delete_key, self._key_name(self._scope_of(full)))
+            logger.debug("key=<%s> | scope empty: its data key was deleted", full)
+
+    async def _write_stored(
+        self, driver: Driver, full: str, value: bytes, terms: builtins.list[str], expires: Any, now: Any
+    ) -> None:
         if layout.fits_inline(full, len(value), terms):
             plain = layout.write_plain(value, terms, expires)
             try:
@@ -565,7 +648,7 @@ class MongoDBStorage:
             {
                 "_id": layout.chunk_id(version, number),
                 "key": full,  # the chunk collection's shard key: a value's chunks live together
-                "data": Binary(part),
+                "data": Binary(part, ENCRYPTED_CHUNK_SUBTYPE if is_ciphertext(value) else 0),
                 **({"remove_at": removal} if removal else {}),
             }
             for number, part in enumerate(layout.split(value))
@@ -644,6 +727,13 @@ class MongoDBStorage:
         return len(dead)
 
     async def _read(self, driver: Driver, full: str) -> bytes | None:
+        value = await self._read_stored(driver, full)
+        if value is not None and self._backend.encryption is not None and is_ciphertext(value):
+            opened: bytes = await self._blocking(driver, self._backend.encryption.open, full, value)
+            return opened
+        return value
+
+    async def _read_stored(self, driver: Driver, full: str) -> bytes | None:
         previous: ObjectId | None = None
         for _attempt in range(_READ_ATTEMPTS):
             document = await driver.find_one(
@@ -667,7 +757,8 @@ class MongoDBStorage:
             parts.sort(key=lambda part: str(part.get("_id")))
             value = layout.check_chunks(version, count, size, parts)
             if value is not None:
-                return value
+                sealed = bool(parts) and _subtype(parts[0].get("data")) == ENCRYPTED_CHUNK_SUBTYPE
+                return Binary(value, ENCRYPTED_SUBTYPE) if sealed else value
             if version == previous:  # the key still names chunks that are not all there
                 raise StorageBackendError(f"key=<{full}> | the stored value is incomplete ({count} chunks expected)")
             previous = version  # replaced while we read: its chunks were deleted; read the key again
@@ -713,6 +804,12 @@ class MongoDBStorage:
             values = {document["_id"]: document.get("data") for document in documents}
             found = [(key, points, values.get(key, data)) for key, points, data in found]
         found.sort(key=lambda item: (-item[1], item[0]))
+        engine = self._backend.encryption
+        if engine is not None:
+            found = [
+                (key, points, await self._blocking(driver, engine.open, key, data) if is_ciphertext(data) else data)
+                for key, points, data in found
+            ]
         return [StorageSearchResult(key=key[cut:], score=points, data=data) for key, points, data in found]
 
     @contextlib.contextmanager
@@ -725,3 +822,10 @@ class MongoDBStorage:
         except (PyMongoError, BSONError) as e:
             readable = describe_failure(driver.client, e) if isinstance(e, PyMongoError) else None
             raise StorageBackendError(f"key=<{key}> | {readable or f'{operation} failed: {e}'}") from e
+
+
+def _subtype(value: Any) -> int | None:
+    """The BSON Binary subtype of a stored value (``bytes`` are subtype 0), ``None`` if not binary."""
+    if isinstance(value, Binary):
+        return int(value.subtype)
+    return 0 if isinstance(value, bytes) else None
