@@ -183,8 +183,8 @@ def test_sixty_turns_with_a_1_mib_image_each_restore_byte_for_byte_in_a_new_proc
 ) -> None:
     """~60 MiB of images through a real Agent: all of it comes back, redaction removes the image, delete removes all.
 
-    The session document never holds an image (it stays far below the 4 MiB threshold, and below
-    the size of one image); every image is in the overflow collection exactly once and is restored
+    The session document never holds an image (the images are above the 64 KiB offload size; the
+    document stays at the 128 KiB threshold, below a quarter of one image); every image is in the overflow collection exactly once and is restored
     byte for byte by a fresh Agent in another process.
     """
     images = [os.urandom(IMAGE_BYTES) for _ in range(IMAGE_TURNS)]
@@ -193,7 +193,7 @@ def test_sixty_turns_with_a_1_mib_image_each_restore_byte_for_byte_in_a_new_proc
 
     manager = MongoDBSessionManager(IMAGES_SESSION, client=mongo_client, database_name=database_name)
     repository = manager.mongodb_repository
-    assert (repository.binary_offload_bytes, repository.overflow_threshold_bytes) == (256 * KIB, 4 * MIB)  # defaults
+    assert (repository.binary_offload_bytes, repository.overflow_threshold_bytes) == (64 * KIB, 128 * KIB)  # defaults
     agent = Agent(
         model=ScriptedModel([text(f"I see picture {turn}") for turn in range(IMAGE_TURNS)]),
         agent_id=IMAGES_AGENT,
