@@ -94,14 +94,17 @@ ALLOWED: tuple[Allowed, ...] = (
             "_source.py:session_ids",
             "_source.py:count",
             "_commands.py:_summaries",
-            "_commands.py:_sizes",
+            "_commands.py:_session_sizes",
             "_commands.py:cmd_stats",
-            "_commands.py:_stats_sessions",
-            "_commands.py:_stats_overflow",
-            "_verify.py:check_collection",
-            "_verify.py:_orphans",
-            "_verify.py:_overflow_orphans",
+            "_commands.py:_storage_sizes",
+            "_verify.py:collection_orphans",
         ),
+    ),
+    Allowed(
+        "verify's reads of referenced documents",
+        "verify reads the buckets and chunks a session refers to by id alone, to find ones filed under "
+        "another session (damage); the library's own reads name the session",
+        _from("_verify.py:_chunk_batch", "_verify.py:_descriptors"),
     ),
 )
 
@@ -186,9 +189,13 @@ def _names(obj: Any) -> dict[str, str]:
 
 
 def _frames_names(frame: types.FrameType) -> dict[str, str]:
+    """The library collections of every object a library frame holds (``self``, a ``source``, a
+    ``repository``...), and of ``collection``/``overflow`` arguments (the TTL migration)."""
     names: dict[str, str] = {}
     locals_ = frame.f_locals
-    names.update(_names(locals_.get("self")))
+    for value in locals_.values():
+        for name, role in _names(value).items():
+            names.setdefault(name, role)
     collection, overflow = locals_.get("collection"), locals_.get("overflow")
     if isinstance(collection, Collection) and isinstance(overflow, Collection):
         names.setdefault(collection.name, "sessions")

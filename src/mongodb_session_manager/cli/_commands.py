@@ -505,9 +505,11 @@ _KIND_NAMES = {"messages": "bucket(s) of moved messages", "blob": "binary chunk(
 
 def _session_sizes(source: Source) -> Iterable[dict[str, Any]]:
     """Each session's size and message count, a page per command (a cursor lives at most ``timeoutMS``)."""
-    after: str | None = None
+    after: Any = None
     while True:
-        match: dict[str, Any] = {} if after is None else {"_id": {"$gt": after}}
+        match = source.query(None)  # the --tenant's sessions (or those without a tenant)
+        if after is not None:
+            match["_id"] = {"$gt": after}
         pipeline: list[dict[str, Any]] = [{"$match": match}, {"$sort": {"_id": 1}}, {"$limit": PAGE}, *_SESSION_SIZES]
         with source.errors(None, "measure sessions"):
             page = list(source.collection.aggregate(pipeline))

@@ -544,7 +544,7 @@ class Verifier:
             for document in self.source.overflow.find({"_id": {"$in": ids}}, projection).sort("_id", 1):
                 blob_id, number = document["_id"].get("b"), document["_id"].get("n")
                 seen.setdefault(blob_id, []).append(number)
-                if document.get("session_id") != state.session_id:
+                if document.get("session_id") != self.source.key(state.session_id):
                     malformed[blob_id] = f"chunk {number} belongs to session {document.get('session_id')!r}"
                 if not self.read_binaries:
                     continue
@@ -581,7 +581,7 @@ class Verifier:
 
     def _overflow_docs(self, session_id: str) -> list[dict[str, Any]]:
         with self.source.errors(session_id, "list overflow documents"):
-            return list(self.source.overflow.find({"session_id": session_id}, {"_id": 1, "kind": 1, "expire_at": 1}))
+            return list(self.source.overflow.find(self.source.owned(session_id), {"_id": 1, "kind": 1, "expire_at": 1}))
 
     def _unreferenced(self, state: _Session, docs: list[dict[str, Any]], protected: set[Any], now: datetime) -> None:
         if not state.references_known:
@@ -728,20 +728,21 @@ class Repairer:
         growth = len(bson.encode({"u": {key: value for part in update.values() for key, value in part.items()}}))
         with self.verifier.source.errors(session_id, operation):
             self.verifier.source.collection.update_one(
-                {"_id": session_id}, {**update, "$inc": {"size_estimate": growth}}
+                {"_id": self.verifier.source.key(session_id)}, {**update, "$inc": {"size_estimate": growth}}
             )
 
     def _fix_expiry(self, session_id: str) -> str:
         source, ttl = self.verifier.source, self.verifier.ttl
         with source.errors(session_id, "extend overflow expiry"):
             if ttl is None:
-                source.overflow.update_many({"session_id": session_id}, {"$unset": {"expire_at": ""}})
+                source.overflow.update_many(source.owned(session_id), {"$unset": {"expire_at": ""}})
                 source.collection.update_one(
-                    {"_id": session_id}, {"$unset": {"companions_until": ""}, "$set": {"companions_ttl": None}}
+                    {"_id": source.key(session_id)},
+                    {"$unset": {"companions_until": ""}, "$set": {"companions_ttl": None}},
                 )
                 return "removed the expiry of its overflow documents (sessions never expire here)"
             until = companions_expiry(ttl, utc_now()) or utc_now()
-            source.overflow.update_many({"session_id": session_id}, {"$max": {"expire_at": until}})
+            source.overflow.update_many(source.owned(session_id), {"$max": {"expire_at": until}})
         self._update(
             session_id, {"$max": {"companions_until": until}, "$set": {"companions_ttl": ttl}}, "extend expiry"
         )
@@ -752,13 +753,13 @@ class Repairer:
         with source.errors(session_id, "measure session"):
             measured = list(
                 source.collection.aggregate(
-                    [{"$match": {"_id": session_id}}, {"$project": {"size": {"$bsonSize": "$$ROOT"}}}]
+                    [{"$match": {"_id": source.key(session_id)}}, {"$project": {"size": {"$bsonSize": "$$ROOT"}}}]
                 )
             )
             if not measured:
                 return "the session is gone"
             size = int(measured[0]["size"])
-            source.collection.update_one({"_id": session_id}, {"$max": {"size_estimate": size}})
+            source.collection.update_one({"_id": source.key(session_id)}, {"$max": {"size_estimate": size}})
         return f"raised size_estimate to the measured {size} bytes"
 
     def _delete_orphans(self, check: SessionCheck) -> list[str]:
@@ -766,12 +767,12 @@ class Repairer:
         if not check.orphan_ids:
             return []
         with source.errors(check.session_id, "delete orphaned documents"):
-            if source.collection.find_one({"_id": check.session_id}, {"_id": 1}) is not None:
+            if source.collection.find_one({"_id": source.key(check.session_id)}, {"_id": 1}) is not None:
                 return ["left its documents alone: the session exists again"]
             deleted = 0
             for batch in _batches(check.orphan_ids, 500):
                 deleted += source.overflow.delete_many(
-                    {"_id": {"$in": list(batch)}, "session_id": check.session_id}
+                    {"_id": {"$in": list(batch)}, **source.owned(check.session_id)}
                 ).deleted_count
         return [f"deleted {deleted} overflow document(s) of the missing session"]
 
