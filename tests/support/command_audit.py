@@ -70,6 +70,12 @@ def _storage_range(role: str, name: str, command: Mapping[str, Any], origin: lis
     return isinstance(key, dict) and ("$gte" in key or "$in" in key)
 
 
+def _legacy_chunks(role: str, name: str, command: Mapping[str, Any], origin: list[tuple[str, str]]) -> bool:
+    """The storage's read of chunks written before chunks carried their key (by shape, see above)."""
+    query = command.get("filter") or {}
+    return role == "storage_chunks" and name == "find" and query.get("key") == {"$exists": False}
+
+
 ALLOWED: tuple[Allowed, ...] = (
     Allowed(
         "list_sessions",
@@ -81,6 +87,12 @@ ALLOWED: tuple[Allowed, ...] = (
         "ranges of keys (a listing, a keyword search, the repair of every key due) and the search's read of "
         "its hits' values by id: Storage.list and search scatter by nature",
         _storage_range,
+    ),
+    Allowed(
+        "MongoDBStorage legacy chunks",
+        "chunks stored before they carried their key (no shard key to name) are read by id, only when a "
+        "value's targeted chunk read came back short",
+        _legacy_chunks,
     ),
     Allowed(
         "TTL change",

@@ -249,6 +249,13 @@ def chunk_range(version: ObjectId) -> dict[str, str]:
     return {"$gte": f"{version}:", "$lt": f"{version};"}
 
 
+def legacy_chunks(ids: list[str], found: list[Any]) -> dict[str, Any]:
+    """The filter of the chunks among ``ids`` (not ``found`` already) stored without a ``key`` field, as
+    versions before the chunk collection's shard key wrote them."""
+    have = set(found)
+    return {"_id": {"$in": [chunk for chunk in ids if chunk not in have]}, "key": {"$exists": False}}
+
+
 def chunk_deletions(key: str, versions: Iterable[tuple[ObjectId, int | None]]) -> list[dict[str, Any]]:
     """Filters deleting every chunk of these ``(version, chunk count)`` pairs of the full ``key`` (one
     ``delete`` command; each filter names the key, the chunk collection's shard key)."""

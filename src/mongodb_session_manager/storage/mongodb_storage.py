@@ -751,9 +751,14 @@ class MongoDBStorage:
             version, count, size = document.get("version"), document.get("chunks"), document.get("size")
             if not isinstance(version, ObjectId) or not isinstance(count, int) or not isinstance(size, int):
                 raise StorageBackendError(f"key=<{full}> | the stored value is damaged (no data, no chunks)")
-            parts = await driver.find(
-                "chunks", {"key": full, "_id": {"$in": layout.chunk_ids(version, count)}}, {"data": 1}
-            )
+            ids = layout.chunk_ids(version, count)
+            parts = await driver.find("chunks", {"key": full, "_id": {"$in": ids}}, {"data": 1})
+            if len(parts) < count:
+                # Chunks written before chunks carried their key (an earlier version of this module):
+                # found by id alone, only when the targeted read came back short.
+                parts += await driver.find(
+                    "chunks", layout.legacy_chunks(ids, [part.get("_id") for part in parts]), {"data": 1}
+                )
             parts.sort(key=lambda part: str(part.get("_id")))
             value = layout.check_chunks(version, count, size, parts)
             if value is not None:
