@@ -198,15 +198,7 @@ def snapshot_pipeline(key: Any, windows: bool = False) -> list[dict[str, Any]]:
                 "session_type": 1,
                 "created_at": 1,
                 "updated_at": 1,
-                "agents": {
-                    "$arrayToObject": {
-                        "$map": {
-                            "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
-                            "as": "agent",
-                            "in": {"k": "$$agent.k", "v": agent_fields},
-                        }
-                    }
-                },
+                "agents": _each_agent(agent_fields),
             }
         },
     ]
@@ -225,18 +217,23 @@ def encryption_state_pipeline(key: Any) -> list[dict[str, Any]]:
                 "multi_agents": 1,
                 "metadata": 1,
                 "feedbacks": 1,
-                "agents": {
-                    "$arrayToObject": {
-                        "$map": {
-                            "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
-                            "as": "agent",
-                            "in": {"k": "$$agent.k", "v": agent_fields},
-                        }
-                    }
-                },
+                "agents": _each_agent(agent_fields),
             }
         },
     ]
+
+
+def _each_agent(agent_fields: dict[str, Any]) -> dict[str, Any]:
+    """The ``agents`` object with each agent sub-document (``$$agent.v``) reduced to ``agent_fields``."""
+    return {
+        "$arrayToObject": {
+            "$map": {
+                "input": {"$objectToArray": {"$ifNull": ["$agents", {}]}},
+                "as": "agent",
+                "in": {"k": "$$agent.k", "v": agent_fields},
+            }
+        }
+    }
 
 
 def _only(entries: Any, fields: Sequence[str] | None) -> Any:

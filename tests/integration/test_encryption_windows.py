@@ -5,45 +5,22 @@ plain one does: one aggregate (plus at most one key fetch)."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from bson import Binary
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
 from strands import Agent
 from strands.agent.conversation_manager import SlidingWindowConversationManager
 from strands.types.session import Session, SessionAgent, SessionMessage, SessionType
 
 from mongodb_session_manager import ClientSideEncryption, MongoDBSessionManager, MongoDBSessionRepository
+from tests.integration.test_encryption import Commands
 from tests.support.scripted_model import ScriptedModel
 
 STORED = 60
 WINDOW = 20
-
-
-class Targets(monitoring.CommandListener):
-    """``command:collection`` of every command a client sends."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.names: list[str] = []
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        with self._lock:
-            self.names.append(f"{event.command_name}:{event.command.get(event.command_name)}")
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-    def take(self) -> list[str]:
-        with self._lock:
-            names, self.names = self.names, []
-        return names
 
 
 @pytest.fixture
@@ -54,8 +31,8 @@ def encryption(database_name: str) -> ClientSideEncryption:
 
 
 @pytest.fixture
-def logged(mongodb_uri: str) -> Iterator[tuple[Targets, MongoClient[dict[str, Any]]]]:
-    log = Targets()
+def logged(mongodb_uri: str) -> Iterator[tuple[Commands, MongoClient[dict[str, Any]]]]:
+    log = Commands()
     client: MongoClient[dict[str, Any]] = MongoClient(mongodb_uri, event_listeners=[log])
     try:
         yield log, client
@@ -103,7 +80,7 @@ def _restore(client: MongoClient[dict[str, Any]], database_name: str, collection
 
 
 def test_an_encrypted_restore_reads_its_window_in_one_aggregate_as_a_plain_one_does(
-    logged: tuple[Targets, MongoClient[dict[str, Any]]], database_name: str, encryption: ClientSideEncryption
+    logged: tuple[Commands, MongoClient[dict[str, Any]]], database_name: str, encryption: ClientSideEncryption
 ) -> None:
     log, client = logged
     commands: dict[bool, list[str]] = {}
